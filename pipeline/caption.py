@@ -1,0 +1,246 @@
+"""``tagcap caption``: validate, plan, resume, schedule, commit.
+
+Everything that can be wrong with the configuration (missing file, unknown captioner,
+bad URL, a different job already in the output root) is found here before Ray starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import tagcap
+from tagcap.pipeline.executor import ExecutionSettings, run_units
+from tagcap.pipeline.outputs import committed_shards, read_manifest, read_stats, write_manifest, write_sizes
+from tagcap.pipeline.plan import Plan, PlanError, plan_units
+from tagcap.pipeline.progress import RunProgress
+from tagcap.pipeline.ray_runtime import ray_session
+from tagcap.schemas import SCHEMA_VERSION
+from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
+from tagcap.schemas.config import CaptionConfig
+from tagcap.schemas.layout import OutputLayout
+from tagcap.schemas.manifest import RunManifest
+from tagcap.schemas.work import DecodeSpec
+from tagcap.workers import captioners
+from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.storage import Storage, check_url
+from tagcap.workers.writer import ProvenanceInfo
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line before any work starts."""
+
+
+@dataclass
+class Prepared:
+    """Everything validated and loaded on the driver, ready to schedule."""
+
+    config: CaptionConfig
+    storage: Storage
+    layout: OutputLayout
+    info: CaptionerInfo
+    segments: SegmentTable
+    labels: LabelMap
+    plan: Plan
+    identity: str
+    metadata_digest: dict[str, str]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _read(storage: Storage, url: str, what: str) -> bytes:
+    try:
+        return storage.read_bytes(url)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {url}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what} cannot be read: {url}: {exc}") from None
+
+
+def prepare_run(config: CaptionConfig) -> Prepared:
+    storage = Storage(config.storage_options)
+    for url in [*config.input, *config.segments, config.labels, config.output]:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.filter:
+        raise ConfigError(f"--filter {config.filter!r}: caption filters are not available in this version")
+    try:
+        info = captioners.describe(config.captioner, config.captioner_options)
+    except captioners.CaptionerSpecError as exc:
+        raise ConfigError(str(exc)) from None
+
+    digest: dict[str, str] = {}
+    label_bytes = _read(storage, config.labels, "label file")
+    digest[config.labels] = hashlib.sha256(label_bytes).hexdigest()
+    try:
+        labels = LabelMap.parse(label_bytes.decode("utf-8-sig"), config.labels)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"label file {config.labels}: {exc}") from None
+    tables = []
+    for url in config.segments:
+        raw = _read(storage, url, "segment CSV")
+        digest[url] = hashlib.sha256(raw).hexdigest()
+        table, report = parse_segments(raw.decode("utf-8-sig", errors="replace"), url, split=url.rsplit("/", 1)[-1])
+        if report.segments == 0:
+            raise ConfigError(f"segment CSV {url} holds no segments ({len(report.malformed)} malformed rows)")
+        if report.malformed or report.duplicates:
+            print(f"warning: {report.summary()}", file=sys.stderr)
+        tables.append(table)
+    segments = SegmentTable.concat(tables)
+
+    try:
+        plan = plan_units(config.input, storage, config.files_per_shard)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot list the input: {exc}") from None
+
+    identity_source = {
+        "config": config.identity_fields(),
+        "captioner": asdict(info),
+        "input": plan.fingerprint.digest_source(),
+        "metadata": digest,
+        "schema": SCHEMA_VERSION,
+    }
+    identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
+    return Prepared(
+        config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest
+    )
+
+
+def _clear_output(prep: Prepared) -> None:
+    """--overwrite: remove every file of the previous run that this layout names."""
+    storage, layout = prep.storage, prep.layout
+    for entry in storage.list_dir(layout.root):
+        name = entry["url"].rsplit("/", 1)[-1]
+        if name.endswith((".tar", ".stats.json")) or name in ("sizes.json", "manifest.json"):
+            storage.remove(entry["url"])
+    for folder in ("index", "errors"):
+        for entry in storage.list_dir(f"{layout.root.rstrip('/')}/{folder}"):
+            if entry["url"].endswith(".parquet"):
+                storage.remove(entry["url"])
+
+
+def _manifest(prep: Prepared, started: str) -> RunManifest:
+    cfg = prep.config
+    return RunManifest(
+        tagcap_version=tagcap.__version__,
+        captioner=prep.info.captioner_id,
+        checkpoint_sha256=prep.info.checkpoint_sha256,
+        generation_params={**prep.info.params, "seed": cfg.seed, "sample_rate": prep.info.sample_rate,
+                           "clip_seconds": prep.info.clip_seconds},
+        filter_params=None,
+        input_fingerprint={**asdict(prep.plan.fingerprint), "metadata_sha256": prep.metadata_digest},
+        config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+        identity=prep.identity,
+        started=started,
+        shards_total=len(prep.plan.units),
+    )
+
+
+def run_caption(config: CaptionConfig) -> int:
+    """Run (or resume) a caption job. Returns the process exit status."""
+    prep = prepare_run(config)
+    storage, layout = prep.storage, prep.layout
+    previous = read_manifest(layout, storage)
+    if previous is not None and previous.identity != prep.identity:
+        if not config.overwrite:
+            raise ConfigError(
+                f"{config.output} holds a different run (captioner {previous.captioner}, "
+                f"identity {previous.identity[:12]} != {prep.identity[:12]}): "
+                "use a new --output, or --overwrite to replace it"
+            )
+        _clear_output(prep)
+        previous = None
+    storage.makedirs(layout.root)
+    done = committed_shards(layout, storage)
+    todo = [u for u in prep.plan.units if u.shard not in done]
+    started = previous.started if previous is not None else _now()
+    manifest = _manifest(prep, started)
+    write_manifest(layout, storage, manifest)
+
+    print(
+        f"tagcap caption: {len(prep.plan.units)} shards ({len(done)} already committed, {len(todo)} to do), "
+        f"captioner {prep.info.captioner_id}, output {config.output}",
+        file=sys.stderr,
+    )
+    settings = ExecutionSettings(
+        captioner_spec=config.captioner,
+        captioner_config=config.captioner_options,
+        batch_size=config.batch_size,
+        actors=config.actors,
+        gpus_per_actor=config.gpus_per_actor,
+        cpus_per_actor=config.cpus_per_actor if config.gpus_per_actor == 0 else min(config.cpus_per_actor, 1.0),
+        decode_cpus=config.decode_cpus,
+        inflight_limit=config.inflight_limit,
+        max_attempts=config.max_attempts,
+    )
+    decode = DecodeSpec(
+        sample_rate=prep.info.sample_rate,
+        clip_samples=prep.info.clip_samples,
+        audio_mode=config.audio,
+        min_clip_seconds=config.min_clip_seconds,
+        max_clip_seconds=config.max_clip_seconds,
+        min_sample_rate=config.min_sample_rate,
+        max_sample_rate=config.max_sample_rate,
+        max_json_bytes=config.max_json_bytes,
+    )
+    provenance = ProvenanceInfo(
+        captioner_id=prep.info.captioner_id,
+        checkpoint_sha256=prep.info.checkpoint_sha256,
+        params=manifest.generation_params,
+        tagcap_version=tagcap.__version__,
+    )
+    t0 = time.time()
+    progress = RunProgress(len(prep.plan.units), len(done), enabled=config.progress)
+    try:
+        with ray_session(config.ray_address, config.num_cpus, config.object_store_memory):
+            result = run_units(
+                todo, settings, decode, prep.segments, prep.labels, layout, storage, provenance,
+                on_done=progress.shard_done, on_failed=progress.shard_failed,
+            )
+    finally:
+        progress.close()
+    wall = time.time() - t0
+
+    all_stats = read_stats(layout, storage, committed_shards(layout, storage))
+    write_sizes(layout, storage, all_stats)
+    manifest.finished = _now()
+    manifest.failed_shards = dict(sorted(result.failed.items()))
+    manifest.shards_committed = len(all_stats)
+    manifest.samples_in = sum(s.samples_in for s in all_stats.values())
+    manifest.samples_written = sum(s.written for s in all_stats.values())
+    manifest.samples_failed = sum(s.failed_total for s in all_stats.values())
+    complete = not result.failed and len(all_stats) == len(prep.plan.units)
+    manifest.status = "complete" if complete else "incomplete"
+    write_manifest(layout, storage, manifest)
+    _print_summary(manifest, result.stats, all_stats, wall, result.retries)
+    return 0 if complete else 1
+
+
+def _print_summary(manifest: RunManifest, new_stats, all_stats, wall: float, retries: int) -> None:
+    reasons: dict[str, int] = {}
+    for s in all_stats.values():
+        for reason, n in s.failed.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    clips_now = sum(s.samples_in for s in new_stats.values())
+    lines = [
+        f"status: {manifest.status}",
+        f"shards: {manifest.shards_committed}/{manifest.shards_total} committed, "
+        f"{len(new_stats)} this run, {len(manifest.failed_shards)} failed, {retries} retries",
+        f"samples: {manifest.samples_in} in, {manifest.samples_written} written, {manifest.samples_failed} failed",
+        f"this run: {clips_now} clips in {wall:.1f} s ({clips_now / wall if wall > 0 else 0:.1f} clips/s)",
+    ]
+    if reasons:
+        lines.append("failed by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+    for shard, reason in manifest.failed_shards.items():
+        lines.append(f"failed shard {shard}: {reason}")
+    print("\n".join(lines), file=sys.stderr)

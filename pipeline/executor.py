@@ -1,0 +1,163 @@
+"""Ray scheduling of a caption run.
+
+Per work unit, three Ray calls chained by object references, so data flows worker to
+worker without touching the driver:
+
+    prepare task (CPU)  ->  CaptionActor.caption (GPU)  ->  write task
+    read, decode, join       model batches, loaded once      tar + index + errors + stats
+
+The driver keeps at most ``inflight_limit`` units in the air (memory stays flat however
+large the corpus), hands units to actors round robin, and retries a unit whose chain
+failed (a task error, a dead actor, a lost node) up to ``max_attempts`` times before
+reporting the shard failed with the last error; the other shards go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from tagcap.schemas.audioset import LabelMap, SegmentTable
+from tagcap.schemas.layout import OutputLayout
+from tagcap.schemas.records import ShardStats
+from tagcap.schemas.work import CaptionResult, DecodeSpec, ModelBatch, UnitPayload, WorkUnit
+from tagcap.workers.captioners import build
+from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
+from tagcap.workers.prepare import prepare_unit
+from tagcap.workers.storage import Storage
+from tagcap.workers.writer import ProvenanceInfo, write_shard
+
+
+@ray.remote(num_returns=2)
+def _prepare(unit: WorkUnit, spec: DecodeSpec, segments: SegmentTable, labels: LabelMap, storage: Storage):
+    return prepare_unit(unit, spec, segments, labels, storage)
+
+
+@ray.remote
+def _write(
+    payload: UnitPayload,
+    results: list[CaptionResult],
+    layout: OutputLayout,
+    storage: Storage,
+    provenance: ProvenanceInfo,
+    started: float,
+) -> ShardStats:
+    return write_shard(payload, results, layout, storage, provenance, started)
+
+
+class CaptionActor:
+    """Holds one captioner for its lifetime (model loaded once, on the actor's GPU)."""
+
+    def __init__(self, spec: str, config: dict[str, Any], batch_size: int):
+        self.captioner = build(spec, config)
+        self.batch_size = batch_size
+
+    def info(self) -> CaptionerInfo:
+        return self.captioner.info
+
+    def caption(self, batch: ModelBatch) -> list[CaptionResult]:
+        return caption_in_batches(self.captioner, batch, self.batch_size)
+
+
+@dataclass
+class ExecutionResult:
+    stats: dict[str, ShardStats] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> reason
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    captioner_spec: str
+    captioner_config: dict[str, Any]
+    batch_size: int
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    decode_cpus: float
+    inflight_limit: int
+    max_attempts: int
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause if exc.cause is not None else exc
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    if isinstance(exc, RayActorError):
+        return "captioner actor died"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_units(
+    units: list[WorkUnit],
+    settings: ExecutionSettings,
+    decode: DecodeSpec,
+    segments: SegmentTable,
+    labels: LabelMap,
+    layout: OutputLayout,
+    storage: Storage,
+    provenance: ProvenanceInfo,
+    on_done: Callable[[ShardStats], None] | None = None,
+    on_failed: Callable[[str, str], None] | None = None,
+) -> ExecutionResult:
+    result = ExecutionResult()
+    if not units:
+        return result
+    actor_cls = ray.remote(CaptionActor).options(
+        num_gpus=settings.gpus_per_actor,
+        num_cpus=settings.cpus_per_actor,
+        # Restarts are unbounded but each unit's attempts are not, so a captioner that
+        # keeps dying on one input ends as one failed shard, not a stalled job.
+        max_restarts=-1,
+        max_task_retries=0,
+    )
+    n_actors = max(1, min(settings.actors, len(units)))
+    actors = [
+        actor_cls.remote(settings.captioner_spec, settings.captioner_config, settings.batch_size)
+        for _ in range(n_actors)
+    ]
+    segments_ref = ray.put(segments)
+    labels_ref = ray.put(labels)
+    prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
+    write = _write.options(num_cpus=0.25, max_retries=0)
+
+    pending = deque((unit, 1) for unit in units)
+    inflight: dict[ray.ObjectRef, tuple[WorkUnit, int]] = {}
+    next_actor = 0
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < settings.inflight_limit:
+                unit, attempt = pending.popleft()
+                batch_ref, payload_ref = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
+                captions_ref = actors[next_actor % n_actors].caption.remote(batch_ref)
+                next_actor += 1
+                write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
+                inflight[write_ref] = (unit, attempt)
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                unit, attempt = inflight.pop(ref)
+                try:
+                    stats = ray.get(ref)
+                except Exception as exc:
+                    reason = _describe_error(exc)
+                    if attempt < settings.max_attempts:
+                        result.retries += 1
+                        pending.appendleft((unit, attempt + 1))
+                    else:
+                        result.failed[unit.shard] = f"failed after {attempt} attempts: {reason}"
+                        if on_failed:
+                            on_failed(unit.shard, result.failed[unit.shard])
+                    continue
+                result.stats[unit.shard] = stats
+                if on_done:
+                    on_done(stats)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return result

@@ -1,0 +1,114 @@
+"""Configuration of a ``tagcap caption`` run, as one dataclass.
+
+Flags and ``--config run.yaml`` keys are the field names (dashes or underscores). Fields
+split into two groups: those that change the bytes of the output (they make up the run's
+identity, recorded in the manifest; a rerun with a different identity on the same output
+root is refused unless ``--overwrite``) and those that only change how fast it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Fields that do not change output bytes: resuming with other values is allowed.
+EXECUTION_FIELDS = frozenset(
+    {
+        "batch_size",
+        "gpus_per_actor",
+        "cpus_per_actor",
+        "actors",
+        "ray_address",
+        "max_inflight",
+        "max_attempts",
+        "overwrite",
+        "progress",
+        "storage_options",
+        "decode_cpus",
+        "object_store_memory",
+        "num_cpus",
+    }
+)
+
+
+@dataclass(frozen=True)
+class AudioMode:
+    """``--audio``: ``copy`` (original bytes), ``flac:RATE`` (mono FLAC re-encode), ``none``."""
+
+    kind: str
+    rate: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AudioMode:
+        if text in ("copy", "none"):
+            return cls(text)
+        kind, _, rate = text.partition(":")
+        if kind == "flac" and rate.isdigit() and 8000 <= int(rate) <= 192000:
+            return cls("flac", int(rate))
+        raise ValueError(f"--audio must be copy, none or flac:RATE (8000..192000), got {text!r}")
+
+    def __str__(self) -> str:
+        return f"flac:{self.rate}" if self.kind == "flac" else self.kind
+
+
+@dataclass
+class CaptionConfig:
+    input: list[str]
+    segments: list[str]
+    labels: str
+    output: str
+    captioner: str = "template"
+    captioner_options: dict[str, Any] = field(default_factory=dict)
+    filter: str | None = None
+    audio: str = "copy"
+    batch_size: int = 64
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    actors: int = 1
+    ray_address: str | None = None
+    files_per_shard: int = 256
+    max_inflight: int | None = None
+    max_attempts: int = 3
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    decode_cpus: float = 1.0
+    num_cpus: int | None = None  # embedded Ray only
+    object_store_memory: int | None = None  # embedded Ray only, bytes
+    # Limits on input audio: outside them a clip becomes an error row.
+    min_clip_seconds: float = 0.1
+    max_clip_seconds: float = 600.0
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 384000
+    max_json_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        AudioMode.parse(self.audio)
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        if self.actors < 1:
+            raise ValueError("--actors must be >= 1")
+        if self.gpus_per_actor < 0:
+            raise ValueError("--gpus-per-actor must be >= 0")
+        if self.files_per_shard < 1:
+            raise ValueError("--files-per-shard must be >= 1")
+        if self.max_attempts < 1:
+            raise ValueError("--max-attempts must be >= 1")
+
+    @property
+    def audio_mode(self) -> AudioMode:
+        return AudioMode.parse(self.audio)
+
+    @property
+    def inflight_limit(self) -> int:
+        """Work units in flight at once: enough to keep every actor fed while the next unit
+        decodes, few enough that memory does not grow with the corpus."""
+        return self.max_inflight or 2 * self.actors + 2
+
+    def identity_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS and k != "output"}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,140 @@
+"""Records that cross a process boundary or land under OUT/.
+
+* :class:`SampleRecord` - the ``<key>.json`` member of every output sample;
+* :data:`INDEX_SCHEMA` / :data:`ERROR_SCHEMA` - ``OUT/index/*.parquet`` and
+  ``OUT/errors/*.parquet``;
+* :class:`ShardStats` - ``OUT/<shard>.stats.json``, also the shard's completion marker;
+* :class:`ErrorReason` - the closed vocabulary of per-sample failure reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+
+from tagcap.schemas import SCHEMA_VERSION
+
+
+class ErrorReason(StrEnum):
+    """Why an input sample produced no output sample (one per error row)."""
+
+    UNSAFE_MEMBER = "unsafe_member"  # tar member with an absolute or '..' path
+    TRUNCATED_TAR = "truncated_tar"  # the input tar ends mid-member
+    UNREADABLE = "unreadable"  # the input could not be opened or read
+    NO_AUDIO = "no_audio"  # a sample without an audio member
+    BAD_JSON = "bad_json"  # the sample's json member does not parse or is too large
+    BAD_NAME = "bad_name"  # no YTID could be read from the json or the name
+    DUPLICATE_KEY = "duplicate_key"  # a second sample mapping to a key already seen
+    EMPTY_AUDIO = "empty_audio"  # zero bytes, or no frames
+    DECODE_ERROR = "decode_error"  # the codec could not decode the bytes
+    BAD_SAMPLE_RATE = "bad_sample_rate"  # outside the supported range
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    NON_FINITE = "non_finite"  # NaN or Inf samples
+    NO_SEGMENT = "no_segment"  # the YTID/start has no row in the segment CSVs
+    NO_TAGS = "no_tags"  # the segment has no labels
+    UNKNOWN_TAGS = "unknown_tags"  # none of the segment's MIDs is in the label map
+    CAPTION_ERROR = "caption_error"  # the captioner raised on this sample
+    FILTERED = "filtered"  # the caption filter rejected every candidate
+
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("ytid", pa.string(), nullable=False),
+        pa.field("start_seconds", pa.float64(), nullable=False),
+        pa.field("end_seconds", pa.float64(), nullable=False),
+        pa.field("captions", pa.list_(pa.string()), nullable=False),
+        pa.field("tags", pa.list_(pa.string()), nullable=False),
+        pa.field("mids", pa.list_(pa.string()), nullable=False),
+        pa.field("logprob", pa.float64()),
+        pa.field("clap_score", pa.float64()),
+    ],
+    metadata={"tagcap_schema": str(SCHEMA_VERSION)},
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ],
+    metadata={"tagcap_schema": str(SCHEMA_VERSION)},
+)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One input sample that produced no output sample. ``key`` is the output key when one
+    could be formed, else the input member or file name."""
+
+    key: str
+    source: str
+    stage: str  # read | decode | join | caption | filter
+    reason: ErrorReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class CaptionMeta:
+    captioner: str
+    checkpoint_sha256: str | None
+    params: dict[str, Any]
+    logprob: float | None
+    clap_score: float | None
+    candidates: list[str]
+    tagcap_version: str
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """The ``<key>.json`` member: ``text`` and ``tag`` are what LAION-CLAP / open_clip read."""
+
+    text: list[str]
+    tag: list[str]
+    original_data: dict[str, Any]
+    caption_meta: CaptionMeta
+
+    def to_json_bytes(self) -> bytes:
+        # Sorted keys and fixed separators: the member's bytes are part of the
+        # byte-identical-shards guarantee.
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class ShardStats:
+    """``OUT/<shard>.stats.json``. Written last of a shard's files: its presence marks the
+    shard committed."""
+
+    shard: str
+    source: str
+    samples_in: int
+    written: int
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count
+    seconds: float = 0.0
+    clips_per_second: float = 0.0
+    tar_bytes: int = 0
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> ShardStats:
+        raw = json.loads(data)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)

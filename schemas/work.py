@@ -1,0 +1,102 @@
+"""Records that travel between the driver, decode tasks, captioner actors and writers.
+
+One work unit becomes one output shard. A decode task turns it into a :class:`ModelBatch`
+(what the captioner needs: one float32 array for the whole unit, no per-sample objects)
+and a :class:`UnitPayload` (what the writer needs: per-sample metadata, the audio bytes to
+store, and the error records of samples that fell out along the way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tagcap.schemas.records import ErrorRecord
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """An input tar, or a group of input files, and the shard it becomes."""
+
+    index: int
+    shard: str
+    kind: str  # "tar" | "files"
+    urls: tuple[str, ...]
+
+    @property
+    def source(self) -> str:
+        return self.urls[0] if len(self.urls) == 1 else f"{self.urls[0]} (+{len(self.urls) - 1} files)"
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a decode task turns input bytes into model input and stored audio."""
+
+    sample_rate: int  # the captioner's rate
+    clip_samples: int  # crop/pad length at that rate
+    audio_mode: str  # copy | none | flac:RATE
+    min_clip_seconds: float
+    max_clip_seconds: float
+    min_sample_rate: int
+    max_sample_rate: int
+    max_json_bytes: int
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """A sample that decoded and joined its tags; it will be written unless captioning or
+    filtering fails it."""
+
+    key: str
+    source: str  # input member or file name
+    ytid: str
+    start_ms: int
+    end_ms: int
+    mids: tuple[str, ...]
+    tags: tuple[str, ...]
+    audio_ext: str  # extension of the stored audio member, "" for --audio none
+
+
+@dataclass
+class ModelBatch:
+    """Captioner input for one unit: rows of ``waveforms`` align with ``tags``/``mids``."""
+
+    waveforms: np.ndarray  # (n, clip_samples) float32
+    tags: list[list[str]]
+    mids: list[list[str]]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def slice(self, start: int, stop: int) -> ModelBatch:
+        return ModelBatch(
+            self.waveforms[start:stop], self.tags[start:stop], self.mids[start:stop], self.keys[start:stop]
+        )
+
+
+@dataclass
+class UnitPayload:
+    """Writer input for one unit, in input order."""
+
+    unit: WorkUnit
+    samples: list[SampleMeta]
+    audio: list[bytes]  # aligned with samples; empty bytes for --audio none
+    errors: list[ErrorRecord]
+    samples_in: int  # every input sample seen, good or bad
+
+    def __post_init__(self) -> None:
+        if len(self.samples) != len(self.audio):
+            raise ValueError("samples and audio must align")
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """What a captioner returns for one clip."""
+
+    text: str | None  # None: this clip failed (see error)
+    logprob: float | None = None
+    candidates: tuple[str, ...] = ()
+    score: float | None = None  # filter score (audio-text similarity), when a filter ran
+    error: str | None = None

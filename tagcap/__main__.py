@@ -1,0 +1,5 @@
+import sys
+
+from tagcap.pipeline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Audio decode and encode with soundfile; resampling with torchaudio.
+
+``decode_clip`` is the only way bytes become a waveform in tagcap. It checks what the
+header promises before decoding (so a 10-hour file or a 1 Hz "rate" fails cheaply) and
+what the samples hold after (NaN/Inf), raising :class:`AudioError` with a reason from the
+closed vocabulary in ``schemas.records``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as taf
+
+from tagcap.schemas.records import ErrorReason
+from tagcap.schemas.work import DecodeSpec
+
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus")
+
+
+class AudioError(Exception):
+    def __init__(self, reason: ErrorReason, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    samples: np.ndarray  # mono float32, at ``sample_rate``
+    sample_rate: int
+
+
+def decode_clip(data: bytes, spec: DecodeSpec) -> DecodedClip:
+    """Decode any soundfile-readable bytes to mono float32 at the file's own rate."""
+    if not data:
+        raise AudioError(ErrorReason.EMPTY_AUDIO, "zero bytes")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        raise AudioError(ErrorReason.DECODE_ERROR, f"unreadable header: {exc}") from None
+    rate = int(info.samplerate)
+    if not spec.min_sample_rate <= rate <= spec.max_sample_rate:
+        raise AudioError(
+            ErrorReason.BAD_SAMPLE_RATE,
+            f"{rate} Hz outside {spec.min_sample_rate}..{spec.max_sample_rate} Hz",
+        )
+    if info.frames == 0:
+        raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames")
+    # Some containers (Ogg, MP3) do not know their length up front; they are checked again
+    # after decoding.
+    if 0 < info.frames < 2**62 and info.frames / rate > spec.max_clip_seconds:
+        raise AudioError(ErrorReason.TOO_LONG, f"{info.frames / rate:.1f} s > {spec.max_clip_seconds} s")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(ErrorReason.DECODE_ERROR, str(exc)) from None
+    if samples.shape[0] == 0:
+        raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames decoded")
+    seconds = samples.shape[0] / rate
+    if seconds < spec.min_clip_seconds:
+        raise AudioError(ErrorReason.TOO_SHORT, f"{seconds:.3f} s < {spec.min_clip_seconds} s")
+    if seconds > spec.max_clip_seconds:
+        raise AudioError(ErrorReason.TOO_LONG, f"{seconds:.1f} s > {spec.max_clip_seconds} s")
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if not np.isfinite(mono).all():
+        raise AudioError(ErrorReason.NON_FINITE, f"{int((~np.isfinite(mono)).sum())} NaN/Inf samples")
+    return DecodedClip(np.ascontiguousarray(mono), int(rate))
+
+
+def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    if orig_rate == new_rate:
+        return samples
+    out = taf.resample(torch.from_numpy(samples), orig_rate, new_rate)
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Crop to the first ``length`` samples or zero-pad at the end (deterministic)."""
+    if samples.shape[0] >= length:
+        return samples[:length]
+    out = np.zeros(length, dtype=np.float32)
+    out[: samples.shape[0]] = samples
+    return out
+
+
+def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono 16-bit FLAC. Clipped to [-1, 1] first, as PCM_16 cannot hold more."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def limit_torch_threads() -> None:
+    """Decode tasks are one per core: torch's own thread pool would only oversubscribe."""
+    torch.set_num_threads(1)

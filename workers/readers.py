@@ -1,0 +1,124 @@
+"""Readers: a work unit's URLs in, raw samples out, in input order.
+
+Two input shapes: WebDataset tars (adjacent members sharing a name stem form one sample:
+an audio member and optionally a ``json``) and groups of plain audio files. Readers never
+extract to disk and never follow tar links; a member with an absolute or ``..`` path is
+reported and skipped. Problems become :class:`RawSample` objects carrying an error, so
+they travel on beside the good samples and end as error rows.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tagcap.schemas.records import ErrorReason
+from tagcap.schemas.work import WorkUnit
+from tagcap.workers.audio import AUDIO_EXTENSIONS
+from tagcap.workers.storage import Storage
+
+# A member larger than this is not read into memory (10 min of 48 kHz stereo float WAV is
+# ~230 MB); it becomes a too_long error row.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class RawSample:
+    source: str  # the member stem or file name, for error rows
+    members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes
+    error: tuple[ErrorReason, str] | None = None
+
+    @property
+    def audio(self) -> tuple[str, bytes] | None:
+        """(extension, bytes) of the first audio member, in a fixed preference order."""
+        for ext in AUDIO_EXTENSIONS:
+            if ext in self.members:
+                return ext, self.members[ext]
+        return None
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/Y--PJHxphWEs_30.000_40.000.wav`` -> (``dir/Y--PJHxphWEs_30.000_40.000``, ``wav``).
+
+    Split at the last dot, not the first: clip names in the wild carry dots
+    (``<YTID>_30.000_40.000``).
+    """
+    stem, dot, ext = name.rpartition(".")
+    if not dot or "/" in ext:
+        return name, ""
+    return stem, ext.lower()
+
+
+def is_unsafe_member(name: str) -> bool:
+    return name.startswith("/") or ".." in posixpath.normpath(name).split("/") or "\\" in name
+
+
+def read_tar(url: str, storage: Storage) -> Iterator[RawSample]:
+    """Samples of one WebDataset tar, streamed (the tar is never held whole in memory)."""
+    current: RawSample | None = None
+    seen_stems: set[str] = set()
+    try:
+        with storage.open_read(url) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for member in tar:
+                name = member.name
+                if member.isdir():
+                    continue
+                if is_unsafe_member(name) or not member.isfile():
+                    kind = "link" if (member.issym() or member.islnk()) else "path"
+                    if current is not None:
+                        yield current
+                        current = None
+                    yield RawSample(name, error=(ErrorReason.UNSAFE_MEMBER, f"unsafe tar member {kind}: {name!r}"))
+                    continue
+                stem, ext = split_member_name(name)
+                if current is not None and current.source != stem:
+                    yield current
+                    current = None
+                if current is None:
+                    current = RawSample(stem)
+                    if stem in seen_stems:
+                        current.error = (ErrorReason.DUPLICATE_KEY, f"members of {stem!r} are not adjacent or repeat")
+                    seen_stems.add(stem)
+                if member.size > MAX_MEMBER_BYTES:
+                    current.error = (ErrorReason.TOO_LONG, f"member {name!r} is {member.size} bytes")
+                    continue
+                fobj = tar.extractfile(member)
+                data = fobj.read() if fobj is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {name!r} ends after {len(data)} of {member.size} bytes")
+                current.members[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        truncated = isinstance(exc, (tarfile.ReadError, EOFError)) or "unexpected end" in str(exc)
+        if current is not None:
+            # The sample being read when the tar broke is incomplete: it fails with the tar.
+            current.members.clear()
+            current.error = (ErrorReason.TRUNCATED_TAR if truncated else ErrorReason.UNREADABLE, str(exc))
+            yield current
+            current = None
+        else:
+            reason = ErrorReason.TRUNCATED_TAR if truncated else ErrorReason.UNREADABLE
+            yield RawSample(f"{posixpath.basename(url)}#end", error=(reason, f"{type(exc).__name__}: {exc}"))
+    if current is not None:
+        yield current
+
+
+def read_files(urls: tuple[str, ...], storage: Storage) -> Iterator[RawSample]:
+    """One sample per audio file."""
+    for url in urls:
+        stem, ext = split_member_name(posixpath.basename(url))
+        try:
+            data = storage.read_bytes(url)
+        except Exception as exc:
+            yield RawSample(stem, error=(ErrorReason.UNREADABLE, f"{type(exc).__name__}: {exc}"))
+            continue
+        yield RawSample(stem, members={ext: data})
+
+
+def read_unit(unit: WorkUnit, storage: Storage) -> Iterator[RawSample]:
+    if unit.kind == "tar":
+        return read_tar(unit.urls[0], storage)
+    if unit.kind == "files":
+        return read_files(unit.urls, storage)
+    raise ValueError(f"unknown work unit kind {unit.kind!r}")

@@ -1,0 +1,155 @@
+"""The shard writer: one unit's samples and captions in, one committed shard out.
+
+A shard is published in this order, each file atomically: the tar, the index rows, the
+error rows, and last the stats file, whose presence marks the shard committed. A crash at
+any point leaves either a committed shard or one that the next run redoes from scratch
+(an earlier tar under the final name is replaced whole, never appended to).
+
+Tar members are written in input order with fixed metadata (mtime 0, uid/gid 0, no user
+names), so the same inputs and captions give byte-identical tars.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tagcap.schemas.layout import OutputLayout
+from tagcap.schemas.records import (
+    ERROR_SCHEMA,
+    INDEX_SCHEMA,
+    CaptionMeta,
+    ErrorReason,
+    ErrorRecord,
+    SampleRecord,
+    ShardStats,
+)
+from tagcap.schemas.work import CaptionResult, UnitPayload
+from tagcap.workers.storage import Storage
+
+
+@dataclass(frozen=True)
+class ProvenanceInfo:
+    """The run-wide part of every sample's ``caption_meta``."""
+
+    captioner_id: str
+    checkpoint_sha256: str | None
+    params: dict[str, Any]
+    tagcap_version: str
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+    return buf.getvalue()
+
+
+def write_shard(
+    payload: UnitPayload,
+    results: list[CaptionResult],
+    layout: OutputLayout,
+    storage: Storage,
+    provenance: ProvenanceInfo,
+    started: float | None = None,
+) -> ShardStats:
+    if len(results) != len(payload.samples):
+        raise ValueError(f"{len(results)} captions for {len(payload.samples)} samples")
+    t0 = started if started is not None else time.time()
+    shard = payload.unit.shard
+    errors: list[ErrorRecord] = list(payload.errors)
+    index_rows: list[dict[str, Any]] = []
+
+    spool = storage.spool_dir(layout.root)
+    fd, tmp_tar = tempfile.mkstemp(prefix=f"{shard}.", suffix=".tar.part", dir=spool)
+    try:
+        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for meta, audio, result in zip(payload.samples, payload.audio, results, strict=True):
+                if result.text is None:
+                    reason = ErrorReason.FILTERED if result.error == "filtered" else ErrorReason.CAPTION_ERROR
+                    errors.append(ErrorRecord(meta.key, meta.source, "caption", reason, result.error or ""))
+                    continue
+                record = SampleRecord(
+                    text=[result.text],
+                    tag=list(meta.tags),
+                    original_data={
+                        "ytid": meta.ytid,
+                        "start_seconds": meta.start_ms / 1000.0,
+                        "end_seconds": meta.end_ms / 1000.0,
+                        "mids": list(meta.mids),
+                    },
+                    caption_meta=CaptionMeta(
+                        captioner=provenance.captioner_id,
+                        checkpoint_sha256=provenance.checkpoint_sha256,
+                        params=provenance.params,
+                        logprob=result.logprob,
+                        clap_score=result.score,
+                        candidates=list(result.candidates),
+                        tagcap_version=provenance.tagcap_version,
+                    ),
+                )
+                if meta.audio_ext:
+                    tar.addfile(_tarinfo(f"{meta.key}.{meta.audio_ext}", len(audio)), io.BytesIO(audio))
+                blob = record.to_json_bytes()
+                tar.addfile(_tarinfo(f"{meta.key}.json", len(blob)), io.BytesIO(blob))
+                index_rows.append(
+                    {
+                        "key": meta.key,
+                        "shard": shard,
+                        "source": meta.source,
+                        "ytid": meta.ytid,
+                        "start_seconds": meta.start_ms / 1000.0,
+                        "end_seconds": meta.end_ms / 1000.0,
+                        "captions": [result.text],
+                        "tags": list(meta.tags),
+                        "mids": list(meta.mids),
+                        "logprob": result.logprob,
+                        "clap_score": result.score,
+                    }
+                )
+        tar_bytes = os.path.getsize(tmp_tar)
+        storage.publish_file(tmp_tar, layout.tar(shard))
+    except BaseException:
+        if os.path.exists(tmp_tar):
+            os.unlink(tmp_tar)
+        raise
+
+    error_rows = [
+        {"key": e.key, "shard": shard, "source": e.source, "stage": e.stage, "reason": str(e.reason), "detail": e.detail}
+        for e in errors
+    ]
+    storage.publish_bytes(_table(index_rows, INDEX_SCHEMA), layout.index(shard))
+    storage.publish_bytes(_table(error_rows, ERROR_SCHEMA), layout.errors(shard))
+    seconds = time.time() - t0
+    stats = ShardStats(
+        shard=shard,
+        source=payload.unit.source,
+        samples_in=payload.samples_in,
+        written=len(index_rows),
+        failed=dict(sorted(Counter(str(e.reason) for e in errors).items())),
+        seconds=round(seconds, 3),
+        clips_per_second=round(payload.samples_in / seconds, 2) if seconds > 0 else 0.0,
+        tar_bytes=tar_bytes,
+    )
+    if stats.written + stats.failed_total != stats.samples_in:
+        raise AssertionError(f"shard {shard}: counts do not reconcile: {stats}")
+    storage.publish_bytes(stats.to_json_bytes(), layout.stats(shard))
+    return stats
