@@ -94,6 +94,26 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_WRITE_CPUS = 0.25
+
+
+def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
+    """CPUs to reserve per actor, capped so that actors never hold every CPU of the
+    cluster: a decode task and a writer must always be able to run, or the pipeline
+    deadlocks waiting for input that cannot be produced."""
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    spare = total - settings.decode_cpus - _WRITE_CPUS
+    if n_actors * settings.cpus_per_actor <= spare:
+        return settings.cpus_per_actor
+    capped = max(spare, 0.0) / n_actors
+    if capped <= 0:
+        raise ValueError(
+            f"the cluster has {total:g} CPUs: too few for decode tasks ({settings.decode_cpus:g} CPU) "
+            f"beside {n_actors} captioner actors"
+        )
+    return round(capped, 4)
+
+
 def run_units(
     units: list[WorkUnit],
     settings: ExecutionSettings,
@@ -109,15 +129,16 @@ def run_units(
     result = ExecutionResult()
     if not units:
         return result
+    n_actors = max(1, min(settings.actors, len(units)))
+    actor_cpus = _actor_cpus(settings, n_actors)
     actor_cls = ray.remote(CaptionActor).options(
         num_gpus=settings.gpus_per_actor,
-        num_cpus=settings.cpus_per_actor,
+        num_cpus=actor_cpus,
         # Restarts are unbounded but each unit's attempts are not, so a captioner that
         # keeps dying on one input ends as one failed shard, not a stalled job.
         max_restarts=-1,
         max_task_retries=0,
     )
-    n_actors = max(1, min(settings.actors, len(units)))
     actors = [
         actor_cls.remote(settings.captioner_spec, settings.captioner_config, settings.batch_size)
         for _ in range(n_actors)
@@ -125,7 +146,7 @@ def run_units(
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
-    write = _write.options(num_cpus=0.25, max_retries=0)
+    write = _write.options(num_cpus=_WRITE_CPUS, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
     inflight: dict[ray.ObjectRef, tuple[WorkUnit, int]] = {}

@@ -1,0 +1,99 @@
+"""Reading a run's output back the way its users do, and checking that it reconciles."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from tagcap.schemas.keys import parse_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Output:
+    samples: list[dict]
+    index_rows: list[dict]
+    error_rows: list[dict]
+    stats: dict[str, dict]
+    sizes: dict[str, int]
+    manifest: dict
+
+
+def read_output(out: str) -> Output:
+    tars = sorted(glob.glob(os.path.join(out, "*.tar")))
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False)) if tars else []
+    index_rows = [r for f in sorted(glob.glob(os.path.join(out, "index", "*.parquet"))) for r in pq.read_table(f).to_pylist()]
+    error_rows = [r for f in sorted(glob.glob(os.path.join(out, "errors", "*.parquet"))) for r in pq.read_table(f).to_pylist()]
+    stats = {os.path.basename(f).split(".")[0]: json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "*.stats.json")))}
+    sizes = json.load(open(os.path.join(out, "sizes.json")))
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    return Output(samples, index_rows, error_rows, stats, sizes, manifest)
+
+
+def check_output(out: str, expected_inputs: int | None = None) -> Output:
+    """Every promise of SPEC §3 that can be read off the files."""
+    o = read_output(out)
+    keys = [s["__key__"] for s in o.samples]
+    assert len(keys) == len(set(keys)), "duplicate keys in the shards"
+    for s in o.samples:
+        parse_key(s["__key__"])  # the key rule
+        assert "." not in s["__key__"] and not s["__key__"].startswith("_")
+        meta = json.loads(s["json"])
+        assert meta["text"] and all(isinstance(t, str) and t for t in meta["text"])
+        assert meta["tag"], s["__key__"]
+        assert {"ytid", "start_seconds", "end_seconds", "mids"} <= set(meta["original_data"])
+        assert {"captioner", "checkpoint_sha256", "params", "logprob", "clap_score", "candidates",
+                "tagcap_version", "schema"} <= set(meta["caption_meta"])
+        clip = parse_key(s["__key__"])
+        assert meta["original_data"]["ytid"] == clip.ytid
+        assert round(meta["original_data"]["start_seconds"] * 1000) == clip.start_ms
+    # sizes.json matches the tars
+    per_tar: dict[str, int] = {}
+    for s in o.samples:
+        name = os.path.basename(s["__url__"])
+        per_tar[name] = per_tar.get(name, 0) + 1
+    assert {k: v for k, v in o.sizes.items() if v} == per_tar
+    assert set(o.sizes) == {os.path.basename(t) for t in glob.glob(os.path.join(out, "*.tar"))}
+    # index rows <-> samples, errors <-> stats
+    assert sorted(r["key"] for r in o.index_rows) == sorted(keys)
+    total_in = sum(s["samples_in"] for s in o.stats.values())
+    assert sum(s["written"] for s in o.stats.values()) == len(keys)
+    assert sum(sum(s["failed"].values()) for s in o.stats.values()) == len(o.error_rows)
+    assert len(keys) + len(o.error_rows) == total_in
+    if expected_inputs is not None:
+        assert total_in == expected_inputs
+    assert not glob.glob(os.path.join(out, "**", "*.part"), recursive=True)
+    return o
+
+
+def tar_digests(out: str) -> dict[str, str]:
+    return {
+        os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
+        for p in sorted(glob.glob(os.path.join(out, "*.tar")))
+    }
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def tagcap_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tagcap", *args]
+
+
+def caption_args(sample, out: str, *extra: str) -> list[str]:
+    return [
+        "caption", "--input", sample.shards, "--segments", sample.segments, "--labels", sample.labels,
+        "--output", out, "--num-cpus", "2", "--object-store-memory", str(100 * 1024 * 1024), "--no-progress", *extra,
+    ]

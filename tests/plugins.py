@@ -1,0 +1,54 @@
+"""Captioner plugins for tests, loaded through the ``package.module:ClassName`` SPEC."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.captioners.template import TemplateCaptioner
+
+
+class _Plugin(TemplateCaptioner):
+    @classmethod
+    def describe(cls, target: str, config: dict[str, Any]) -> CaptionerInfo:
+        base = TemplateCaptioner.describe("", {})
+        return CaptionerInfo(f"test-{cls.__name__}", None, base.sample_rate, base.clip_seconds, base.params)
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__({})
+        self.info = self.describe("", config)
+        self.config = config
+
+
+class SlowTemplate(_Plugin):
+    """The template captioner, slowed down so a driver can be killed mid-run."""
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        time.sleep(float(self.config.get("sleep", 0.4)))
+        return super().__call__(batch)
+
+
+class PoisonTemplate(_Plugin):
+    """Raises on any batch that holds a clip whose key contains ``poison``."""
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        poison = self.config["poison"]
+        if any(poison in key for key in batch.keys):
+            raise RuntimeError(f"poisoned batch ({poison})")
+        return super().__call__(batch)
+
+
+class DieOnceTemplate(_Plugin):
+    """Kills its own process (the Ray actor) the first time it sees a batch, once per
+    marker file; later calls caption normally."""
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        marker = self.config["marker"]
+        if not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write("died")
+            os._exit(1)
+        return super().__call__(batch)
