@@ -27,7 +27,8 @@ class SlowTemplate(_Plugin):
     """The template captioner, slowed down so a driver can be killed mid-run."""
 
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
-        time.sleep(float(self.config.get("sleep", 0.4)))
+        # The environment can slow it further without changing the run's identity.
+        time.sleep(float(os.environ.get("TAGCAP_TEST_SLEEP", self.config.get("sleep", 0.4))))
         return super().__call__(batch)
 
 

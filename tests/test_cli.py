@@ -1,0 +1,69 @@
+"""The command line: config files, and bad configurations failing at once, before Ray."""
+
+import subprocess
+
+import yaml
+
+from tagcap.pipeline.cli import build_parser, caption_config
+from tests.helpers import caption_args, check_output, cli_env, tagcap_cmd
+
+
+def _run(*args, timeout=120):
+    return subprocess.run(tagcap_cmd(*args), capture_output=True, text=True, env=cli_env(), timeout=timeout)
+
+
+def _assert_fails_fast(proc, needle, out_dir):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Ray" not in proc.stderr  # nothing was started
+    assert not out_dir.exists()
+
+
+def test_missing_input_fails_at_once(sample_input, tmp_path):
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--input", str(tmp_path / "nope" / "x.tar"))
+    _assert_fails_fast(proc, "input not found", tmp_path / "out")
+
+
+def test_unknown_captioner_fails_at_once(sample_input, tmp_path):
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out"), "--captioner", "gpt9"))
+    _assert_fails_fast(proc, "unknown captioner 'gpt9'", tmp_path / "out")
+
+
+def test_missing_labels_and_bad_urls_fail_at_once(sample_input, tmp_path):
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--labels", str(tmp_path / "labels.csv"))
+    _assert_fails_fast(proc, "label file not found", tmp_path / "out")
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--input", "pipe:curl http://x | cat")
+    _assert_fails_fast(proc, "pipe: URLs", tmp_path / "out")
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out"), "--audio", "mp3:9"))
+    _assert_fails_fast(proc, "--audio", tmp_path / "out")
+
+
+def test_yaml_config_and_flags_merge(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "input": ["a/{000000..000001}.tar"], "segments": "s1.csv,s2.csv", "labels": "l.csv",
+        "output": "out", "batch-size": 7, "actors": 3,
+    }))
+    args = build_parser().parse_args(["caption", "--config", str(path), "--actors", "2"])
+    cfg = caption_config(args)
+    assert cfg.segments == ["s1.csv", "s2.csv"] and cfg.batch_size == 7 and cfg.actors == 2
+    assert cfg.input == ["a/{000000..000001}.tar"]
+    path.write_text(yaml.safe_dump({"inputs": "x"}))
+    proc = _run("caption", "--config", str(path))
+    assert proc.returncode == 2 and "unknown option(s): inputs" in proc.stderr
+
+
+def test_sample_command_then_caption_from_the_cli(tmp_path):
+    proc = _run("sample", str(tmp_path / "s"), "--shards", "2", "--clips-per-shard", "3", "--seconds", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "next: tagcap caption" in proc.stderr
+    s = tmp_path / "s"
+    proc = _run(
+        "caption", "--input", str(s / "shards" / "{000000..000001}.tar"), "--segments", str(s / "segments.csv"),
+        "--labels", str(s / "class_labels_indices.csv"), "--output", str(tmp_path / "out"), "--num-cpus", "2",
+        "--object-store-memory", str(80 * 1024 * 1024), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr
+    check_output(str(tmp_path / "out"), expected_inputs=6)
