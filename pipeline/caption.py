@@ -111,9 +111,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         "schema": SCHEMA_VERSION,
     }
     identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
-    return Prepared(
-        config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest
-    )
+    return Prepared(config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest)
 
 
 def _clear_output(prep: Prepared) -> None:
@@ -135,8 +133,12 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
         tagcap_version=tagcap.__version__,
         captioner=prep.info.captioner_id,
         checkpoint_sha256=prep.info.checkpoint_sha256,
-        generation_params={**prep.info.params, "seed": cfg.seed, "sample_rate": prep.info.sample_rate,
-                           "clip_seconds": prep.info.clip_seconds},
+        generation_params={
+            **prep.info.params,
+            "seed": cfg.seed,
+            "sample_rate": prep.info.sample_rate,
+            "clip_seconds": prep.info.clip_seconds,
+        },
         filter_params=None,
         input_fingerprint={**asdict(prep.plan.fingerprint), "metadata_sha256": prep.metadata_digest},
         config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
@@ -204,8 +206,16 @@ def run_caption(config: CaptionConfig) -> int:
     try:
         with ray_session(config.ray_address, config.num_cpus, config.object_store_memory):
             result = run_units(
-                todo, settings, decode, prep.segments, prep.labels, layout, storage, provenance,
-                on_done=progress.shard_done, on_failed=progress.shard_failed,
+                todo,
+                settings,
+                decode,
+                prep.segments,
+                prep.labels,
+                layout,
+                storage,
+                provenance,
+                on_done=progress.shard_done,
+                on_failed=progress.shard_failed,
             )
     finally:
         progress.close()

@@ -109,8 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_sample(args.outdir, args.shards, args.clips_per_shard, args.seconds, args.seed)
         print(f"wrote {args.shards} shards, {paths.segments}, {paths.labels}", file=sys.stderr)
         cmd = [
-            "tagcap", "caption", "--input", paths.shards, "--segments", paths.segments,
-            "--labels", paths.labels, "--output", "OUT", "--captioner", "template",
+            "tagcap",
+            "caption",
+            "--input",
+            paths.shards,
+            "--segments",
+            paths.segments,
+            "--labels",
+            paths.labels,
+            "--output",
+            "OUT",
+            "--captioner",
+            "template",
         ]
         print("next: " + shlex.join(cmd), file=sys.stderr)
         return 0

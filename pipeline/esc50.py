@@ -116,4 +116,4 @@ def pack_esc50(
     segments = os.path.join(out_dir, "segments.csv")
     with open(segments, "w") as fh:
         fh.write("\n".join(segment_lines) + "\n")
-    return os.path.join(out_dir, "{%06d..%06d}.tar" % (0, n_shards - 1)), segments
+    return os.path.join(out_dir, f"{{000000..{n_shards - 1:06d}}}.tar"), segments

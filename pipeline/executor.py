@@ -95,6 +95,7 @@ def _describe_error(exc: BaseException) -> str:
 
 
 _WRITE_CPUS = 0.25
+_ACTOR_RECOVERY_S = 120.0
 
 
 def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
@@ -139,34 +140,50 @@ def run_units(
         max_restarts=-1,
         max_task_retries=0,
     )
-    actors = [
-        actor_cls.remote(settings.captioner_spec, settings.captioner_config, settings.batch_size)
-        for _ in range(n_actors)
-    ]
+
+    def new_actor():
+        return actor_cls.remote(settings.captioner_spec, settings.captioner_config, settings.batch_size)
+
+    actors = [new_actor() for _ in range(n_actors)]
+
+    def recover(i: int) -> None:
+        """After an actor died: wait until Ray has restarted it (so retried units do not
+        fail again on the dead process), or replace it if it cannot come back."""
+        try:
+            ray.get(actors[i].info.remote(), timeout=_ACTOR_RECOVERY_S)
+        except Exception:
+            ray.kill(actors[i])
+            actors[i] = new_actor()
+
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
     write = _write.options(num_cpus=_WRITE_CPUS, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
-    inflight: dict[ray.ObjectRef, tuple[WorkUnit, int]] = {}
+    inflight: dict[ray.ObjectRef, tuple[WorkUnit, int, int]] = {}  # -> unit, attempt, actor
     next_actor = 0
     try:
         while pending or inflight:
             while pending and len(inflight) < settings.inflight_limit:
                 unit, attempt = pending.popleft()
                 batch_ref, payload_ref = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
-                captions_ref = actors[next_actor % n_actors].caption.remote(batch_ref)
+                actor_index = next_actor % n_actors
                 next_actor += 1
+                captions_ref = actors[actor_index].caption.remote(batch_ref)
                 write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
-                inflight[write_ref] = (unit, attempt)
+                inflight[write_ref] = (unit, attempt, actor_index)
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
-                unit, attempt = inflight.pop(ref)
+                unit, attempt, actor_index = inflight.pop(ref)
                 try:
                     stats = ray.get(ref)
                 except Exception as exc:
                     reason = _describe_error(exc)
+                    if isinstance(exc, RayActorError) or (
+                        isinstance(exc, RayTaskError) and isinstance(exc.cause, RayActorError)
+                    ):
+                        recover(actor_index)
                     if attempt < settings.max_attempts:
                         result.retries += 1
                         pending.appendleft((unit, attempt + 1))

@@ -8,8 +8,8 @@ must be installed on its nodes, as the deploy/ images do).
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 

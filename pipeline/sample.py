@@ -96,7 +96,9 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_sample(outdir: str, shards: int = 4, clips_per_shard: int = 8, seconds: float = 10.0, seed: int = 0) -> SamplePaths:
+def write_sample(
+    outdir: str, shards: int = 4, clips_per_shard: int = 8, seconds: float = 10.0, seed: int = 0
+) -> SamplePaths:
     """Write ``shards`` tars of ``clips_per_shard`` clips, a segment CSV and a label CSV."""
     os.makedirs(os.path.join(outdir, "shards"), exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -124,8 +126,10 @@ def write_sample(outdir: str, shards: int = 4, clips_per_shard: int = 8, seconds
     with open(segments, "w") as fh:
         # Google's original shape: comment header, ", " separators, quoted label lists.
         fh.write("# Segments csv created by tagcap sample\n")
-        fh.write(f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(CLASSES)}, "
-                 f"num_positive_labels={n_labels}\n")
+        fh.write(
+            f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(CLASSES)}, "
+            f"num_positive_labels={n_labels}\n"
+        )
         fh.write("# YTID, start_seconds, end_seconds, positive_labels\n")
         fh.write("\n".join(rows) + "\n")
     labels = os.path.join(outdir, "class_labels_indices.csv")
@@ -133,5 +137,5 @@ def write_sample(outdir: str, shards: int = 4, clips_per_shard: int = 8, seconds
         fh.write("index,mid,display_name\n")
         for i, (mid, name, _) in enumerate(CLASSES):
             fh.write(f'{i},{mid},"{name}"\n')
-    pattern = os.path.join(outdir, "shards", "{%06d..%06d}.tar" % (0, shards - 1))
+    pattern = os.path.join(outdir, "shards", f"{{000000..{shards - 1:06d}}}.tar")
     return SamplePaths(pattern, segments, labels)

@@ -14,9 +14,7 @@ from tagcap.schemas.audioset import YTID_RE, seconds_to_ms
 
 _KEY_RE = re.compile(r"^Y(?P<ytid>[A-Za-z0-9_-]{11})_(?P<ms>\d+)$")
 # [Y]<YTID>_<start>_<end>, seconds with or without decimals: --PJHxphWEs_30.000_40.000
-_SEGMENT_NAME_RE = re.compile(
-    r"^Y?(?P<ytid>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)$"
-)
+_SEGMENT_NAME_RE = re.compile(r"^Y?(?P<ytid>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)$")
 # Y<YTID> as in PANNs downloads (no start in the name)
 _PANNS_NAME_RE = re.compile(r"^Y(?P<ytid>[A-Za-z0-9_-]{11})$")
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 SHARD_DIGITS = 6
-_SHARD_RE = re.compile(r"^(\d{%d})\.stats\.json$" % SHARD_DIGITS)
+_SHARD_RE = re.compile(rf"^(\d{{{SHARD_DIGITS}}})\.stats\.json$")
 
 
 def shard_name(index: int) -> str:

@@ -27,14 +27,30 @@ class Output:
     manifest: dict
 
 
+def _load_json(path: str):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
 def read_output(out: str) -> Output:
     tars = sorted(glob.glob(os.path.join(out, "*.tar")))
     samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False)) if tars else []
-    index_rows = [r for f in sorted(glob.glob(os.path.join(out, "index", "*.parquet"))) for r in pq.read_table(f).to_pylist()]
-    error_rows = [r for f in sorted(glob.glob(os.path.join(out, "errors", "*.parquet"))) for r in pq.read_table(f).to_pylist()]
-    stats = {os.path.basename(f).split(".")[0]: json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "*.stats.json")))}
-    sizes = json.load(open(os.path.join(out, "sizes.json")))
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    index_rows = [
+        r for f in sorted(glob.glob(os.path.join(out, "index", "*.parquet"))) for r in pq.read_table(f).to_pylist()
+    ]
+    error_rows = [
+        r for f in sorted(glob.glob(os.path.join(out, "errors", "*.parquet"))) for r in pq.read_table(f).to_pylist()
+    ]
+    stats = {
+        os.path.basename(f).split(".")[0]: _load_json(f) for f in sorted(glob.glob(os.path.join(out, "*.stats.json")))
+    }
+    sizes = _load_json(os.path.join(out, "sizes.json"))
+    manifest = _load_json(os.path.join(out, "manifest.json"))
     return Output(samples, index_rows, error_rows, stats, sizes, manifest)
 
 
@@ -50,8 +66,16 @@ def check_output(out: str, expected_inputs: int | None = None) -> Output:
         assert meta["text"] and all(isinstance(t, str) and t for t in meta["text"])
         assert meta["tag"], s["__key__"]
         assert {"ytid", "start_seconds", "end_seconds", "mids"} <= set(meta["original_data"])
-        assert {"captioner", "checkpoint_sha256", "params", "logprob", "clap_score", "candidates",
-                "tagcap_version", "schema"} <= set(meta["caption_meta"])
+        assert {
+            "captioner",
+            "checkpoint_sha256",
+            "params",
+            "logprob",
+            "clap_score",
+            "candidates",
+            "tagcap_version",
+            "schema",
+        } <= set(meta["caption_meta"])
         clip = parse_key(s["__key__"])
         assert meta["original_data"]["ytid"] == clip.ytid
         assert round(meta["original_data"]["start_seconds"] * 1000) == clip.start_ms
@@ -75,10 +99,7 @@ def check_output(out: str, expected_inputs: int | None = None) -> Output:
 
 
 def tar_digests(out: str) -> dict[str, str]:
-    return {
-        os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
-        for p in sorted(glob.glob(os.path.join(out, "*.tar")))
-    }
+    return {os.path.basename(p): _sha256(p) for p in sorted(glob.glob(os.path.join(out, "*.tar")))}
 
 
 def cli_env() -> dict[str, str]:
@@ -94,6 +115,19 @@ def tagcap_cmd(*args: str) -> list[str]:
 
 def caption_args(sample, out: str, *extra: str) -> list[str]:
     return [
-        "caption", "--input", sample.shards, "--segments", sample.segments, "--labels", sample.labels,
-        "--output", out, "--num-cpus", "2", "--object-store-memory", str(100 * 1024 * 1024), "--no-progress", *extra,
+        "caption",
+        "--input",
+        sample.shards,
+        "--segments",
+        sample.segments,
+        "--labels",
+        sample.labels,
+        "--output",
+        out,
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(100 * 1024 * 1024),
+        "--no-progress",
+        *extra,
     ]

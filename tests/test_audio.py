@@ -7,13 +7,20 @@ from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_lengt
 from tests.builders import encode, tone
 
 SPEC = DecodeSpec(
-    sample_rate=16000, clip_samples=16000, audio_mode="copy", min_clip_seconds=0.1, max_clip_seconds=60,
-    min_sample_rate=4000, max_sample_rate=192000, max_json_bytes=1 << 20,
+    sample_rate=16000,
+    clip_samples=16000,
+    audio_mode="copy",
+    min_clip_seconds=0.1,
+    max_clip_seconds=60,
+    min_sample_rate=4000,
+    max_sample_rate=192000,
+    max_json_bytes=1 << 20,
 )
 
 
 @pytest.mark.parametrize(
-    "fmt,subtype", [("FLAC", None), ("WAV", "PCM_16"), ("WAV", "FLOAT"), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None)]
+    "fmt,subtype",
+    [("FLAC", None), ("WAV", "PCM_16"), ("WAV", "FLOAT"), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None)],
 )
 def test_decodes_every_supported_format_to_mono_float32(fmt, subtype):
     rate = 48000
@@ -42,7 +49,10 @@ def test_bad_audio_gives_a_reason():
     assert _reason(encode(nan, 16000, "WAV", "FLOAT")) == ErrorReason.NON_FINITE
     assert _reason(encode(tone(1.0, 1000), 1000, "WAV", "PCM_16")) == ErrorReason.BAD_SAMPLE_RATE
     assert _reason(encode(tone(0.01), 16000)) == ErrorReason.TOO_SHORT
-    assert _reason(encode(tone(2.0), 16000), DecodeSpec(**{**SPEC.__dict__, "max_clip_seconds": 1.0})) == ErrorReason.TOO_LONG
+    assert (
+        _reason(encode(tone(2.0), 16000), DecodeSpec(**{**SPEC.__dict__, "max_clip_seconds": 1.0}))
+        == ErrorReason.TOO_LONG
+    )
 
 
 def test_resample_and_fit_length():

@@ -39,6 +39,7 @@ def test_google_original_shape_parses_to_the_same_table():
     assert google.startswith("#") and ", " in google.splitlines()[3]
     a, ra = parse_segments(plain)
     b, rb = parse_segments(google)
+    assert ra.segments == rb.segments
     assert (rb.segments, rb.positive_labels) == (22160, 52882)
     assert a.equals(b)
 
@@ -81,7 +82,10 @@ def test_seconds_are_exact_milliseconds():
 
 
 def test_segment_lookup_and_choice_by_start():
-    text = "YTID,start_seconds,end_seconds,positive_labels\nabcdefghijk,10,20,/m/a\nabcdefghijk,30,40,/m/b\nYbcdefghijk,0,10,/m/c\n"
+    text = (
+        "YTID,start_seconds,end_seconds,positive_labels\n"
+        "abcdefghijk,10,20,/m/a\nabcdefghijk,30,40,/m/b\nYbcdefghijk,0,10,/m/c\n"
+    )
     table = SegmentTable(parse_segments(text)[0])
     found = table.lookup(["abcdefghijk", "Ybcdefghijk", "missingmiss"])
     assert set(found) == {"abcdefghijk", "Ybcdefghijk"}

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,8 +35,8 @@ def test_sample_end_to_end(reference_run, sample_input):
     o = check_output(str(reference_run), expected_inputs=N_CLIPS)
     assert len(o.samples) == N_CLIPS and not o.error_rows
     assert sorted(o.sizes) == ["000000.tar", "000001.tar", "000002.tar", "000003.tar"]
-    segments = SegmentTable(parse_segments(open(sample_input.segments).read())[0])
-    labels = LabelMap.parse(open(sample_input.labels).read())
+    segments = SegmentTable(parse_segments(Path(sample_input.segments).read_text())[0])
+    labels = LabelMap.parse(Path(sample_input.labels).read_text())
     for s in o.samples:
         meta = json.loads(s["json"])
         clip = parse_key(s["__key__"])

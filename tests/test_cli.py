@@ -41,10 +41,18 @@ def test_missing_labels_and_bad_urls_fail_at_once(sample_input, tmp_path):
 
 def test_yaml_config_and_flags_merge(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({
-        "input": ["a/{000000..000001}.tar"], "segments": "s1.csv,s2.csv", "labels": "l.csv",
-        "output": "out", "batch-size": 7, "actors": 3,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": ["a/{000000..000001}.tar"],
+                "segments": "s1.csv,s2.csv",
+                "labels": "l.csv",
+                "output": "out",
+                "batch-size": 7,
+                "actors": 3,
+            }
+        )
+    )
     args = build_parser().parse_args(["caption", "--config", str(path), "--actors", "2"])
     cfg = caption_config(args)
     assert cfg.segments == ["s1.csv", "s2.csv"] and cfg.batch_size == 7 and cfg.actors == 2
@@ -60,9 +68,20 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert "next: tagcap caption" in proc.stderr
     s = tmp_path / "s"
     proc = _run(
-        "caption", "--input", str(s / "shards" / "{000000..000001}.tar"), "--segments", str(s / "segments.csv"),
-        "--labels", str(s / "class_labels_indices.csv"), "--output", str(tmp_path / "out"), "--num-cpus", "2",
-        "--object-store-memory", str(80 * 1024 * 1024), timeout=300,
+        "caption",
+        "--input",
+        str(s / "shards" / "{000000..000001}.tar"),
+        "--segments",
+        str(s / "segments.csv"),
+        "--labels",
+        str(s / "class_labels_indices.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(80 * 1024 * 1024),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr

@@ -49,6 +49,10 @@ def test_json_fields_win_and_are_checked():
     assert clip_id_from_json({"ytid": "--PJHxphWEs", "start_seconds": 30.0}) == ClipId("--PJHxphWEs", 30000)
     assert clip_id_from_json({"ytid": "--PJHxphWEs"}) == ClipId("--PJHxphWEs", None)
     assert clip_id_from_json({"caption": "x"}) is None
-    for bad in ({"ytid": "short"}, {"ytid": "--PJHxphWEs", "start_seconds": [1]}, {"ytid": "--PJHxphWEs", "start_seconds": -3}):
+    for bad in (
+        {"ytid": "short"},
+        {"ytid": "--PJHxphWEs", "start_seconds": [1]},
+        {"ytid": "--PJHxphWEs", "start_seconds": -3},
+    ):
         with pytest.raises(ValueError):
             clip_id_from_json(bad)

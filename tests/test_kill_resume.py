@@ -41,18 +41,33 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
     sample = write_sample(str(tmp_path / "in"), shards=SHARDS, clips_per_shard=3, seconds=2.0, seed=7)
     reference = tmp_path / "reference"
     ref_cfg = CaptionConfig(
-        input=[sample.shards], segments=[sample.segments], labels=sample.labels, output=str(reference),
-        captioner="tests.plugins:SlowTemplate", captioner_options={"sleep": 0.0}, progress=False,
+        input=[sample.shards],
+        segments=[sample.segments],
+        labels=sample.labels,
+        output=str(reference),
+        captioner="tests.plugins:SlowTemplate",
+        captioner_options={"sleep": 0.0},
+        progress=False,
     )
     assert run_caption(ref_cfg) == 0
 
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": sample.shards, "segments": sample.segments, "labels": sample.labels, "output": str(out),
-        "captioner": "tests.plugins:SlowTemplate", "captioner_options": {"sleep": 0.0},
-        "num_cpus": 2, "object_store_memory": 80 * 1024 * 1024, "progress": False,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": sample.shards,
+                "segments": sample.segments,
+                "labels": sample.labels,
+                "output": str(out),
+                "captioner": "tests.plugins:SlowTemplate",
+                "captioner_options": {"sleep": 0.0},
+                "num_cpus": 2,
+                "object_store_memory": 80 * 1024 * 1024,
+                "progress": False,
+            }
+        )
+    )
     slow = tmp_path / "slow.yaml"
     slow.write_text(config.read_text())
     kills = 0
@@ -61,8 +76,11 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
         # Same run identity as the reference except the sleep, so only the first (killed)
         # attempts are slow; the identity must match across reruns, so sleep is a constant.
         proc = subprocess.Popen(
-            tagcap_cmd("caption", "--config", str(config)), env={**cli_env(), "TAGCAP_TEST_SLEEP": "0.6"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            tagcap_cmd("caption", "--config", str(config)),
+            env={**cli_env(), "TAGCAP_TEST_SLEEP": "0.6"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -77,8 +95,9 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
         assert target <= done < SHARDS
         _all_visible_tars_complete(str(out))
     assert kills == 2
-    final = subprocess.run(tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
+    final = subprocess.run(
+        tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True, text=True, timeout=300
+    )
     assert final.returncode == 0, final.stderr
     assert "already committed" in final.stderr
     assert tar_digests(str(out)) == tar_digests(str(reference))

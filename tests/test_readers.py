@@ -29,8 +29,14 @@ def test_adjacent_members_form_samples_in_order(tmp_path):
 def test_unsafe_members_and_repeats_are_errors(tmp_path):
     path = str(tmp_path / "b.tar")
     make_tar(
-        [("/etc/passwd.flac", FLAC), ("../up.flac", FLAC), ("a/../../x.flac", FLAC), ("ok.flac", FLAC),
-         ("other.flac", FLAC), ("ok.json", b"{}")],
+        [
+            ("/etc/passwd.flac", FLAC),
+            ("../up.flac", FLAC),
+            ("a/../../x.flac", FLAC),
+            ("ok.flac", FLAC),
+            ("other.flac", FLAC),
+            ("ok.json", b"{}"),
+        ],
         path,
     )
     samples = list(read_tar(path, Storage()))

@@ -102,7 +102,9 @@ def prepare_unit(
         source = item.raw.source
         segment = SegmentTable.choose(found.get(item.clip.ytid, []), item.clip.start_ms)
         if segment is None:
-            where = f"{item.clip.ytid} start {item.clip.start_ms} ms" if item.clip.start_ms is not None else item.clip.ytid
+            where = (
+                f"{item.clip.ytid} start {item.clip.start_ms} ms" if item.clip.start_ms is not None else item.clip.ytid
+            )
             n = len(found.get(item.clip.ytid, []))
             detail = f"no segment row for {where}" + (f" ({n} segments, none matches)" if n else "")
             _fail(errors, source, source, "join", ErrorReason.NO_SEGMENT, detail)
@@ -156,4 +158,3 @@ def prepare_unit(
     )
     payload = UnitPayload(unit=unit, samples=metas, audio=stored, errors=errors, samples_in=samples_in)
     return batch, payload
-

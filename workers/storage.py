@@ -8,6 +8,7 @@ so a crash never leaves a truncated file under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -170,10 +171,8 @@ class Storage:
 
     def remove(self, url: str) -> None:
         fs, path = self.fs(url)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.retry(lambda: fs.rm_file(path), f"remove {url}")
-        except FileNotFoundError:
-            pass
 
     def spool_dir(self, output_root: str) -> str:
         """A local folder for files being written before publish: under the output root
@@ -187,7 +186,5 @@ class Storage:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -133,7 +133,14 @@ def write_shard(
         raise
 
     error_rows = [
-        {"key": e.key, "shard": shard, "source": e.source, "stage": e.stage, "reason": str(e.reason), "detail": e.detail}
+        {
+            "key": e.key,
+            "shard": shard,
+            "source": e.source,
+            "stage": e.stage,
+            "reason": str(e.reason),
+            "detail": e.detail,
+        }
         for e in errors
     ]
     storage.publish_bytes(_table(index_rows, INDEX_SCHEMA), layout.index(shard))
