@@ -167,7 +167,8 @@ def run_units(
         while pending or inflight:
             while pending and len(inflight) < settings.inflight_limit:
                 unit, attempt = pending.popleft()
-                batch_ref, payload_ref = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
+                refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
+                batch_ref, payload_ref = refs  # num_returns=2
                 actor_index = next_actor % n_actors
                 next_actor += 1
                 captions_ref = actors[actor_index].caption.remote(batch_ref)
