@@ -50,6 +50,11 @@ class Prepared:
     metadata_digest: dict[str, str]
 
 
+def _captioner_config(config: CaptionConfig) -> dict:
+    """The captioner's options plus the run's storage options (to reach a checkpoint URL)."""
+    return {**config.captioner_options, "storage_options": config.storage_options}
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -73,7 +78,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
     if config.filter:
         raise ConfigError(f"--filter {config.filter!r}: caption filters are not available in this version")
     try:
-        info = captioners.describe(config.captioner, config.captioner_options)
+        info = captioners.describe(config.captioner, _captioner_config(config))
     except captioners.CaptionerSpecError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -176,7 +181,7 @@ def run_caption(config: CaptionConfig) -> int:
     )
     settings = ExecutionSettings(
         captioner_spec=config.captioner,
-        captioner_config=config.captioner_options,
+        captioner_config=_captioner_config(config),
         batch_size=config.batch_size,
         actors=config.actors,
         gpus_per_actor=config.gpus_per_actor,

@@ -8,15 +8,15 @@ Exit status: 0 done, 1 finished with failed shards, 2 bad configuration (nothing
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from dataclasses import fields
 from typing import Any
 
 import yaml
 
 from tagcap.schemas.config import CaptionConfig
-
-_LIST_FIELDS = {"input", "segments"}
 
 
 def _caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,11 +54,43 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _train_captioner_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-captioner", help="train the tag-guided captioner on (audio, tags, caption) shards")
+    p.add_argument("--config", help="YAML file with any of the options below and a `model:` mapping")
+    p.add_argument("--train", action="append", help="training shards URL (brace pattern; repeatable)")
+    p.add_argument("--val", action="append", help="validation shards URL")
+    p.add_argument("--out", help="checkpoint folder URL (rerun to resume)")
+    p.add_argument("--model-size", choices=sorted(MODEL_PRESETS), help="model preset (default blat)")
+    p.add_argument("--tag-fusion", choices=["add", "prefix", "none"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--num-workers", type=int, help="DataLoader workers decoding audio")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def _prepare_captions_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-captions", help="training shards from audio + AudioCaps/Clotho/MusicCaps CSVs")
+    p.add_argument("--captions", required=True, help="caption CSV (AudioCaps, Clotho or MusicCaps shape)")
+    p.add_argument("--audio", required=True, help="folder of audio files (any fsspec URL)")
+    p.add_argument("--segments", default="", help="AudioSet segment CSV(s), comma-separated (for tags)")
+    p.add_argument("--labels", required=True, help="class_labels_indices.csv or ontology.json")
+    p.add_argument("--output", required=True)
+    p.add_argument("--clips-per-shard", type=int, default=256)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagcap", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _caption_parser(sub)
     _sample_parser(sub)
+    _train_captioner_parser(sub)
+    _prepare_captions_parser(sub)
     return parser
 
 
@@ -73,10 +105,10 @@ def _as_list(value: Any) -> list[str]:
     return out
 
 
-def caption_config(args: argparse.Namespace) -> CaptionConfig:
-    """Merge the YAML file (if any) and the flags into one validated config."""
+def load_options(args: argparse.Namespace, cls: type, list_fields: set[str], required: tuple[str, ...]) -> Any:
+    """Merge ``--config`` YAML (if any) and the flags given into a ``cls`` dataclass."""
     values: dict[str, Any] = {}
-    if args.config:
+    if getattr(args, "config", None):
         try:
             with open(args.config) as fh:
                 loaded = yaml.safe_load(fh) or {}
@@ -89,16 +121,49 @@ def caption_config(args: argparse.Namespace) -> CaptionConfig:
         if name in ("command", "config") or value is None:
             continue
         values[name] = value
-    known = set(CaptionConfig.field_names())
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(unknown)}")
-    for name in _LIST_FIELDS:
+    for name in list_fields:
         values[name] = _as_list(values.get(name))
-    missing = [f"--{n}" for n in ("input", "segments", "labels", "output") if not values.get(n)]
+    missing = [f"--{n}" for n in required if not values.get(n)]
     if missing:
         raise ValueError(f"missing required option(s): {', '.join(missing)}")
-    return CaptionConfig(**values)
+    return cls(**values)
+
+
+def caption_config(args: argparse.Namespace) -> CaptionConfig:
+    return load_options(args, CaptionConfig, {"input", "segments"}, ("input", "segments", "labels", "output"))
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # BLAT's captioner: full CNN14 at 32 kHz, 2-layer d=256 decoder.
+    "blat": {},
+    "small": {"encoder": {"channels": [32, 64, 128, 256]}, "d_model": 256, "d_ff": 512},
+    "tiny": {
+        "clip_seconds": 1.0,
+        "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
+        "encoder": {"channels": [16, 32, 64], "n_mels": 32},
+        "d_model": 64,
+        "n_heads": 4,
+        "d_ff": 128,
+    },
+}
+
+
+def train_captioner_config(args: argparse.Namespace) -> Any:
+    from tagcap.workers.train_captioner import TrainConfig
+
+    preset = args.__dict__.pop("model_size", None)
+    fusion = args.__dict__.pop("tag_fusion", None)
+    cfg = load_options(args, TrainConfig, {"train", "val"}, ("train", "out"))
+    model = dict(MODEL_PRESETS[preset]) if preset else {}
+    model.update(cfg.model)
+    if fusion:
+        model["tag_fusion"] = fusion
+    cfg.model = model
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print("next: " + shlex.join(cmd), file=sys.stderr)
         return 0
+    if args.command == "train-captioner":
+        from tagcap.workers.train_captioner import train_captioner
+
+        try:
+            cfg = train_captioner_config(args)
+        except (TypeError, ValueError) as exc:
+            print(f"tagcap train-captioner: error: {exc}", file=sys.stderr)
+            return 2
+        result = train_captioner(cfg)
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    if args.command == "prepare-captions":
+        return _prepare_captions(args)
     if args.command == "caption":
         from tagcap.pipeline.caption import ConfigError, run_caption
 
@@ -134,6 +212,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tagcap caption: error: {exc}", file=sys.stderr)
             return 2
     return 2
+
+
+def _prepare_captions(args: argparse.Namespace) -> int:
+    from tagcap.pipeline.prepare_captions import prepare_captions
+    from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
+    from tagcap.workers.storage import Storage
+
+    storage = Storage()
+    try:
+        labels = LabelMap.parse(storage.read_text(args.labels), args.labels)
+        tables = [parse_segments(storage.read_text(u), u)[0] for u in _as_list(args.segments)]
+        summary = prepare_captions(
+            args.captions, args.audio, args.output, SegmentTable.concat(tables), labels, storage, args.clips_per_shard
+        )
+    except (OSError, ValueError) as exc:
+        print(f"tagcap prepare-captions: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.__dict__, sort_keys=True))
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,10 +13,23 @@ from typing import Any
 from tagcap.workers.captioners.base import Captioner, CaptionerInfo
 from tagcap.workers.captioners.template import TemplateCaptioner
 
-BUILTIN = {"template": TemplateCaptioner}
-# Planned builtin kinds (tag-guided BLAT model, transformers seq2seq); named here so that
-# the error says what is missing rather than "unknown".
-_NOT_YET = {"blat", "hf"}
+
+def _builtin(kind: str) -> Any:
+    """Import model code only for the kind asked for (template needs no torch models)."""
+    if kind == "template":
+        return TemplateCaptioner
+    if kind == "blat":
+        from tagcap.workers.captioners.blat import BlatCaptioner
+
+        return BlatCaptioner
+    if kind == "hf":
+        from tagcap.workers.captioners.hf import HFCaptioner
+
+        return HFCaptioner
+    return None
+
+
+BUILTIN_KINDS = ("template", "blat", "hf")
 
 
 class CaptionerSpecError(ValueError):
@@ -27,13 +40,11 @@ def resolve(spec: str) -> tuple[Any, str]:
     """(captioner class, target) for a SPEC string."""
     spec = spec.strip()
     kind, sep, target = spec.partition(":")
-    if kind in BUILTIN:
-        return BUILTIN[kind], target
-    if kind in _NOT_YET:
-        raise CaptionerSpecError(f"captioner {kind!r} is not available in this version of tagcap")
+    if kind in BUILTIN_KINDS:
+        return _builtin(kind), target
     if sep and target.isidentifier() and all(part.isidentifier() for part in kind.split(".")):
         return _plugin(kind, target), ""
-    known = ", ".join([*BUILTIN, "blat:PATH", "hf:PATH", "package.module:ClassName"])
+    known = "template, blat:PATH_OR_URL, hf:PATH_OR_URL, package.module:ClassName"
     raise CaptionerSpecError(f"unknown captioner {spec!r} (expected one of: {known})")
 
 

@@ -1,0 +1,124 @@
+"""The tag-guided captioner: generation agrees with a plain reference; checkpoints load
+without unpickling."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.checkpoint import load_captioner, save_captioner
+from tagcap.workers.models.vocab import BOS, EOS, PAD, TagVocabulary, Vocabulary, tokenize
+from tagcap.workers.storage import Storage
+
+TINY = {
+    "clip_seconds": 0.5,
+    "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
+    "encoder": {"channels": [8, 16], "n_mels": 32, "dropout": 0.0},
+    "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "dropout": 0.0, "max_words": 7, "max_prefix_tags": 3,
+}
+
+
+def tiny_model(fusion: str, vocab_size: int = 40, n_tags: int = 6, seed: int = 0) -> TagGuidedCaptioner:
+    torch.manual_seed(seed)
+    cfg = CaptionerConfig.from_dict({**TINY, "tag_fusion": fusion, "vocab_size": vocab_size, "n_tags": n_tags})
+    model = TagGuidedCaptioner(cfg).eval()
+    # Random weights give near-uniform next-word distributions; sharpen them so that beams
+    # diverge and finish at different lengths, as a trained model's do.
+    with torch.no_grad():
+        model.out.weight.mul_(8.0)
+        model.out.bias[EOS] += 5.0
+    return model
+
+
+@torch.no_grad()
+def reference_beam_search(model, wave, tags, beam_size, max_words):
+    """One clip at a time, no cache: every step re-runs the decoder over the whole
+    sequence, with a plain list of hypotheses."""
+    memory = model.encode(wave[None])
+    cross = model._cross_kv(memory)
+    multi_hot, prefix_ids = model.tag_inputs([tags], wave.device)
+    tag_add = model._tag_add(multi_hot)
+    hyps = [([BOS], 0.0, False)]
+    for step in range(max_words + 1):
+        candidates = []
+        for tokens, score, done in hyps:
+            if done:
+                candidates.append((tokens, score, True))
+                continue
+            x = model._embed_tokens(torch.tensor([tokens]), model.cfg.prefix_len, tag_add)
+            mask = torch.ones(1, len(tokens), dtype=torch.bool)
+            if model.cfg.prefix_len:
+                px, pmask = model._prefix(prefix_ids)
+                x, mask = torch.cat([px, x], 1), torch.cat([pmask, mask], 1)
+            h, _ = model._run_layers(x, cross, mask, None)
+            logp = F.log_softmax(model.out(h[0, -1]).float(), -1)
+            for w in range(logp.shape[0]):
+                if w in (PAD, BOS) or (step == max_words and w != EOS):
+                    continue
+                candidates.append((tokens + [w], score + float(logp[w]), w == EOS))
+        candidates.sort(key=lambda c: -c[1])
+        hyps = candidates[:beam_size]
+        if all(d for _, _, d in hyps):
+            break
+    return [([t for t in toks[1:] if t != EOS], s) for toks, s, _ in hyps]
+
+
+@pytest.mark.parametrize("fusion", ["add", "prefix", "none"])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batched_beam_search_matches_one_clip_reference(fusion, beam_size):
+    model = tiny_model(fusion)
+    torch.manual_seed(1)
+    waves = torch.randn(5, model.clip_samples) * 0.3
+    tags = [[0, 1], [2], [], [5, 4, 3, 2], [1]]
+    out = model.generate(waves, tags, beam_size=beam_size)
+    lengths = set()
+    for i in range(len(tags)):
+        ref = reference_beam_search(model, waves[i], tags[i], beam_size, model.cfg.max_words)
+        assert out.tokens[i] == [r[0] for r in ref]
+        assert np.allclose(out.scores[i], [r[1] for r in ref], atol=1e-4)
+        lengths.update(len(t) for t in out.tokens[i])
+    if beam_size > 1:
+        assert len(lengths) > 1  # hypotheses of different lengths were compared
+
+
+def test_tags_change_what_is_generated():
+    model = tiny_model("add")
+    with torch.no_grad():
+        model.tag_embed.normal_(0.0, 1.0)  # as after training, not at its small init
+    wave = torch.randn(1, model.clip_samples) * 0.3
+    a = model.generate(wave, [[0]], beam_size=3).tokens
+    b = model.generate(wave, [[3]], beam_size=3).tokens
+    assert a != b
+
+
+def test_checkpoint_round_trip_never_unpickles(tmp_path, monkeypatch):
+    vocab = Vocabulary.build(["a dog barks", "a cat meows loudly"])
+    tags = TagVocabulary(["/m/0bt9lr", "/m/01yrx"], ["Dog", "Cat"])
+    model = tiny_model("prefix", vocab_size=len(vocab), n_tags=len(tags))
+    sha = save_captioner(str(tmp_path / "ckpt"), model, vocab, tags, Storage())
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "model.safetensors", "tags.json", "vocab.json",
+    ]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checkpoint loading must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = load_captioner(str(tmp_path / "ckpt"), Storage())
+    assert loaded.sha256 == sha and loaded.captioner_id == f"blat-{sha[:16]}"
+    wave = torch.randn(2, model.clip_samples) * 0.3
+    assert loaded.model.generate(wave, [[0], [1]]).tokens == model.generate(wave, [[0], [1]]).tokens
+
+
+def test_vocabulary():
+    vocab = Vocabulary.build(["A dog barks!", "a dog, then a cat"], min_count=1)
+    assert tokenize("A dog's bark, LOUD.") == ["a", "dog's", "bark", "loud"]
+    ids = vocab.encode("a dog meows", max_len=20)
+    assert ids[0] == BOS and ids[-1] == EOS
+    assert vocab.decode(ids) == "a dog <unk>"
+    assert Vocabulary.from_json(vocab.to_json()).words == vocab.words

@@ -1,0 +1,82 @@
+"""``blat:PATH_OR_URL``: tagcap's tag-guided captioner (BLAT's model) from a checkpoint
+folder. Loads once per actor, on the actor's GPU when it has one, bf16 autocast there.
+
+Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``candidates``
+(how many n-best hypotheses to return per clip; default all ``beam_size``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
+from tagcap.workers.storage import Storage
+
+
+def _params(config: dict[str, Any]) -> dict[str, Any]:
+    beam = int(config.get("beam_size", 3))
+    return {
+        "beam_size": beam,
+        "max_words": int(config.get("max_words", 20)),
+        "candidates": int(config.get("candidates", beam)),
+    }
+
+
+class BlatCaptioner:
+    name: ClassVar[str] = "blat"
+
+    @classmethod
+    def describe(cls, target: str, config: dict[str, Any]) -> CaptionerInfo:
+        if not target:
+            raise ValueError("blat needs a checkpoint: blat:PATH_OR_URL")
+        storage = Storage(config.get("storage_options") or {})
+        try:
+            model_cfg = read_config(target, storage)
+            sha = weights_sha256(target, storage)
+        except FileNotFoundError as exc:
+            raise ValueError(f"checkpoint incomplete or missing: {exc}") from None
+        params = _params(config)
+        if params["beam_size"] < 1 or not 1 <= params["candidates"] <= params["beam_size"]:
+            raise ValueError("need beam_size >= 1 and 1 <= candidates <= beam_size")
+        return CaptionerInfo(
+            captioner_id=f"blat-{sha[:16]}",
+            checkpoint_sha256=sha,
+            sample_rate=model_cfg.frontend.sample_rate,
+            clip_seconds=model_cfg.clip_seconds,
+            params={**params, "tag_fusion": model_cfg.tag_fusion},
+        )
+
+    def __init__(self, config: dict[str, Any]):
+        target = config["target"]
+        self.params = _params(config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        storage = Storage(config.get("storage_options") or {})
+        self.ckpt = load_captioner(target, storage, self.device)
+        self.info = self.describe(target, config)
+        if self.info.checkpoint_sha256 != self.ckpt.sha256:
+            raise RuntimeError(f"{target} changed while loading")
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        model, vocab = self.ckpt.model, self.ckpt.vocab
+        wave = torch.from_numpy(batch.waveforms).to(self.device, non_blocking=True)
+        tag_idx = [self.ckpt.tags.indices(m) for m in batch.mids]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = model.generate(wave, tag_idx, beam_size=self.params["beam_size"], max_words=self.params["max_words"])
+        results = []
+        for hyps, scores in zip(out.tokens, out.scores, strict=True):
+            texts = [vocab.decode(h) for h in hyps]
+            if not texts[0]:
+                results.append(CaptionResult(text=None, error="empty caption"))
+                continue
+            results.append(
+                CaptionResult(
+                    text=texts[0],
+                    logprob=round(float(scores[0]), 4),
+                    candidates=tuple(texts[: self.params["candidates"]]),
+                )
+            )
+        return results

@@ -1,0 +1,294 @@
+"""BLAT's tag-guided captioner: CNN14-style encoder, a small Transformer decoder, and the
+clip's AudioSet tags fused into the decoder.
+
+Tag fusion:
+
+* ``add`` (BLAT): the tags as a multi-hot vector normalised to sum 1, times a learnable
+  tag-embedding matrix, added to every decoder input embedding;
+* ``prefix``: one learned token per tag placed before ``<bos>`` (padded slots masked);
+* ``none``: the audio alone (ablation).
+
+Generation is batched beam search over a key/value cache: the encoder's cross-attention
+keys and values are computed once, each step feeds only the newest token. Greedy decoding
+is beam search with one beam. Hypotheses are ranked by summed log-probability (no length
+penalty); every hypothesis ends at ``<eos>`` or at ``max_words`` words.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagcap.workers.models.cnn14 import CNN14Encoder, EncoderConfig
+from tagcap.workers.models.frontend import FrontendConfig, LogMel
+from tagcap.workers.models.vocab import BOS, EOS, PAD
+
+TAG_FUSIONS = ("add", "prefix", "none")
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    vocab_size: int
+    n_tags: int
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    clip_seconds: float = 10.0
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    tag_fusion: str = "add"
+    max_words: int = 20
+    max_prefix_tags: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tag_fusion not in TAG_FUSIONS:
+            raise ValueError(f"tag_fusion must be one of {TAG_FUSIONS}, got {self.tag_fusion!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError("d_model must be divisible by n_heads")
+
+    @property
+    def prefix_len(self) -> int:
+        return self.max_prefix_tags if self.tag_fusion == "prefix" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CaptionerConfig:
+        raw = dict(raw)
+        frontend = FrontendConfig(**raw.pop("frontend", {}))
+        enc = dict(raw.pop("encoder", {}))
+        if "channels" in enc:
+            enc["channels"] = tuple(enc["channels"])
+        return cls(frontend=frontend, encoder=EncoderConfig(**enc), **raw)
+
+
+# -- attention with a cache -------------------------------------------------------------
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.dropout = dropout
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def kv(self, x: torch.Tensor) -> KV:
+        return self.split(self.k(x)), self.split(self.v(x))
+
+    def forward(self, x: torch.Tensor, kv: KV, mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.split(self.q(x))
+        out = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        b, h, n, dh = out.shape
+        return self.o(out.transpose(1, 2).reshape(b, n, h * dh))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm: self-attention, cross-attention to the audio frames, feed-forward."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.cross_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cross: KV, self_mask: torch.Tensor, cache: KV | None) -> tuple[torch.Tensor, KV]:
+        h = self.norm1(x)
+        k, v = self.self_attn.kv(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        x = x + self.drop(self.self_attn(h, (k, v), self_mask))
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross, None))
+        x = x + self.drop(self.ff(self.norm3(x)))
+        return x, (k, v)
+
+
+@dataclass
+class Generated:
+    """Per clip: hypotheses best first, their token ids and summed log-probabilities."""
+
+    tokens: list[list[list[int]]]
+    scores: list[list[float]]
+
+
+class TagGuidedCaptioner(nn.Module):
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMel(cfg.frontend)
+        self.encoder = CNN14Encoder(cfg.encoder)
+        self.memory_proj = nn.Linear(self.encoder.out_dim, cfg.d_model)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
+        self.positions = nn.Embedding(cfg.prefix_len + cfg.max_words + 2, cfg.d_model)
+        if cfg.tag_fusion == "add":
+            self.tag_embed = nn.Parameter(torch.randn(cfg.n_tags, cfg.d_model) * 0.02)
+        elif cfg.tag_fusion == "prefix":
+            self.tag_tokens = nn.Embedding(cfg.n_tags + 1, cfg.d_model, padding_idx=cfg.n_tags)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.vocab_size)
+
+    # -- pieces ---------------------------------------------------------------------
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.cfg.frontend.sample_rate * self.cfg.clip_seconds)
+
+    def tag_inputs(self, tag_indices: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised multi-hot (B, n_tags), prefix ids (B, P) padded with n_tags)."""
+        b = len(tag_indices)
+        multi_hot = torch.zeros(b, self.cfg.n_tags, device=device)
+        prefix = torch.full((b, self.cfg.prefix_len), self.cfg.n_tags, dtype=torch.long, device=device)
+        for row, idx in enumerate(tag_indices):
+            if idx:
+                multi_hot[row, idx] = 1.0
+                multi_hot[row] /= multi_hot[row].sum()
+            keep = idx[: self.cfg.prefix_len]
+            if keep:
+                prefix[row, : len(keep)] = torch.tensor(keep, device=device)
+        return multi_hot, prefix
+
+    def encode(self, waveforms: torch.Tensor) -> torch.Tensor:
+        frames, _ = self.encoder(self.frontend(waveforms))
+        return self.memory_proj(frames)
+
+    def _cross_kv(self, memory: torch.Tensor) -> list[KV]:
+        return [layer.cross_attn.kv(memory) for layer in self.decoder_layers]
+
+    def _embed_tokens(self, tokens: torch.Tensor, start: int, tag_add: torch.Tensor | None) -> torch.Tensor:
+        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.positions(pos)
+        return x + tag_add[:, None, :] if tag_add is not None else x
+
+    def _prefix(self, prefix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix embeddings and their key mask (True = attend)."""
+        pos = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)
+        x = self.tag_tokens(prefix_ids) * math.sqrt(self.cfg.d_model) + self.positions(pos)
+        return x, prefix_ids != self.cfg.n_tags
+
+    def _tag_add(self, multi_hot: torch.Tensor) -> torch.Tensor | None:
+        if self.cfg.tag_fusion != "add":
+            return None
+        return multi_hot.to(self.tag_embed.dtype) @ self.tag_embed
+
+    def _run_layers(
+        self, x: torch.Tensor, cross: list[KV], key_mask: torch.Tensor, caches: list[KV] | None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """x: (B, n, d) new positions; key_mask: (B, L_total) for every key so far
+        including these n; causal within the new positions."""
+        n, total = x.shape[1], key_mask.shape[1]
+        causal = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
+        # Every position may attend to itself: a padded prefix slot would otherwise see no
+        # key at all, and its NaN would leak through the cache into real positions.
+        own = torch.zeros(n, total, dtype=torch.bool, device=x.device)
+        own[torch.arange(n), torch.arange(total - n, total)] = True
+        mask = ((causal[None, :, :] & key_mask[:, None, :]) | own[None])[:, None]  # B 1 n L
+        new: list[KV] = []
+        for i, layer in enumerate(self.decoder_layers):
+            x, kv = layer(x, cross[i], mask, caches[i] if caches is not None else None)
+            new.append(kv)
+        return self.norm(x), new
+
+    # -- training -------------------------------------------------------------------
+    def forward(self, waveforms: torch.Tensor, tag_indices: list[list[int]], tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing. tokens: (B, L) <bos> w.. <eos> <pad>..; returns logits for
+        positions 0..L-2 predicting tokens[:, 1:]."""
+        memory = self.encode(waveforms)
+        cross = self._cross_kv(memory)
+        multi_hot, prefix_ids = self.tag_inputs(tag_indices, waveforms.device)
+        inp = tokens[:, :-1]
+        x = self._embed_tokens(inp, self.cfg.prefix_len, self._tag_add(multi_hot))
+        key_mask = inp != PAD
+        key_mask[:, 0] = True
+        if self.cfg.prefix_len:
+            px, pmask = self._prefix(prefix_ids)
+            x = torch.cat([px, x], dim=1)
+            key_mask = torch.cat([pmask, key_mask], dim=1)
+        h, _ = self._run_layers(x, cross, key_mask, None)
+        return self.out(h[:, self.cfg.prefix_len :])
+
+    def loss(self, waveforms: torch.Tensor, tag_indices: list[list[int]], tokens: torch.Tensor) -> torch.Tensor:
+        logits = self(waveforms, tag_indices, tokens)
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD
+        )
+
+    # -- generation -----------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, waveforms: torch.Tensor, tag_indices: list[list[int]], beam_size: int = 3, max_words: int | None = None
+    ) -> Generated:
+        max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
+        b, k, device = waveforms.shape[0], beam_size, waveforms.device
+        memory = self.encode(waveforms).repeat_interleave(k, dim=0)
+        cross = self._cross_kv(memory)
+        multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
+        tag_add = self._tag_add(multi_hot.repeat_interleave(k, dim=0))
+        caches: list[KV] | None = None
+        key_mask = torch.zeros(b * k, 0, dtype=torch.bool, device=device)
+        if self.cfg.prefix_len:
+            px, pmask = self._prefix(prefix_ids.repeat_interleave(k, dim=0))
+            key_mask = pmask
+            _, caches = self._run_layers(px, cross, key_mask, None)
+        tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
+        scores = torch.zeros(b, k, device=device)
+        scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+        finished = torch.zeros(b * k, dtype=torch.bool, device=device)
+        base = (torch.arange(b, device=device) * k)[:, None]
+        for step in range(max_words + 1):
+            x = self._embed_tokens(tokens[:, -1:], self.cfg.prefix_len + step, tag_add)
+            key_mask = torch.cat([key_mask, torch.ones(b * k, 1, dtype=torch.bool, device=device)], dim=1)
+            h, caches = self._run_layers(x, cross, key_mask, caches)
+            logp = F.log_softmax(self.out(h[:, -1]).float(), dim=-1)
+            logp[:, PAD] = float("-inf")
+            logp[:, BOS] = float("-inf")
+            if step == max_words:  # out of words: every open hypothesis must end here
+                logp[~finished] = torch.where(
+                    torch.arange(logp.shape[1], device=device) == EOS, logp[~finished], float("-inf")
+                )
+            logp[finished] = float("-inf")
+            logp[finished, EOS] = 0.0  # a finished hypothesis stays as it is
+            vocab = logp.shape[1]
+            cand = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
+            scores, flat = cand.topk(k, dim=1)
+            beam = flat // vocab
+            word = flat % vocab
+            order = (base + beam).reshape(-1)
+            tokens = torch.cat([tokens[order], word.reshape(-1, 1)], dim=1)
+            finished = finished[order] | (word.reshape(-1) == EOS)
+            caches = [(kc[order], vc[order]) for kc, vc in caches]
+            key_mask = key_mask[order]
+            if bool(finished.all()):
+                break
+        out_tokens: list[list[list[int]]] = []
+        rows = tokens[:, 1:].tolist()
+        for i in range(b):
+            hyps = []
+            for j in range(k):
+                seq = rows[i * k + j]
+                hyps.append(seq[: seq.index(EOS)] if EOS in seq else seq)
+            out_tokens.append(hyps)
+        return Generated(out_tokens, scores.tolist())
