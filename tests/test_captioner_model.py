@@ -34,7 +34,7 @@ def tiny_model(fusion: str, vocab_size: int = 40, n_tags: int = 6, seed: int = 0
 
 
 @torch.no_grad()
-def reference_beam_search(model, wave, tags, beam_size, max_words):
+def reference_beam_search(model, wave, tags, beam_size, max_words, min_words=1):
     """One clip at a time, no cache: every step re-runs the decoder over the whole
     sequence, with a plain list of hypotheses."""
     memory = model.encode(wave[None])
@@ -56,7 +56,7 @@ def reference_beam_search(model, wave, tags, beam_size, max_words):
             h, _ = model._run_layers(x, cross, mask, None)
             logp = F.log_softmax(model.out(h[0, -1]).float(), -1)
             for w in range(logp.shape[0]):
-                if w in (PAD, BOS) or (step == max_words and w != EOS):
+                if w in (PAD, BOS) or (step == max_words and w != EOS) or (step < min_words and w == EOS):
                     continue
                 candidates.append((tokens + [w], score + float(logp[w]), w == EOS))
         candidates.sort(key=lambda c: -c[1])

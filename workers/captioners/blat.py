@@ -1,7 +1,8 @@
 """``blat:PATH_OR_URL``: tagcap's tag-guided captioner (BLAT's model) from a checkpoint
 folder. Loads once per actor, on the actor's GPU when it has one, bf16 autocast there.
 
-Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``candidates``
+Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``min_words`` (1),
+``candidates``
 (how many n-best hypotheses to return per clip; default all ``beam_size``).
 """
 
@@ -22,6 +23,7 @@ def _params(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "beam_size": beam,
         "max_words": int(config.get("max_words", 20)),
+        "min_words": int(config.get("min_words", 1)),
         "candidates": int(config.get("candidates", beam)),
     }
 
@@ -65,7 +67,13 @@ class BlatCaptioner:
         wave = torch.from_numpy(batch.waveforms).to(self.device, non_blocking=True)
         tag_idx = [self.ckpt.tags.indices(m) for m in batch.mids]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = model.generate(wave, tag_idx, beam_size=self.params["beam_size"], max_words=self.params["max_words"])
+            out = model.generate(
+                wave,
+                tag_idx,
+                beam_size=self.params["beam_size"],
+                max_words=self.params["max_words"],
+                min_words=self.params["min_words"],
+            )
         results = []
         for hyps, scores in zip(out.tokens, out.scores, strict=True):
             texts = [vocab.decode(h) for h in hyps]

@@ -11,7 +11,8 @@ Tag fusion:
 Generation is batched beam search over a key/value cache: the encoder's cross-attention
 keys and values are computed once, each step feeds only the newest token. Greedy decoding
 is beam search with one beam. Hypotheses are ranked by summed log-probability (no length
-penalty); every hypothesis ends at ``<eos>`` or at ``max_words`` words.
+penalty); every hypothesis has at least ``min_words`` words (default 1, so a caption is
+never empty) and ends at ``<eos>`` or at ``max_words`` words.
 """
 
 from __future__ import annotations
@@ -239,7 +240,12 @@ class TagGuidedCaptioner(nn.Module):
     # -- generation -----------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, waveforms: torch.Tensor, tag_indices: list[list[int]], beam_size: int = 3, max_words: int | None = None
+        self,
+        waveforms: torch.Tensor,
+        tag_indices: list[list[int]],
+        beam_size: int = 3,
+        max_words: int | None = None,
+        min_words: int = 1,
     ) -> Generated:
         max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
         b, k, device = waveforms.shape[0], beam_size, waveforms.device
@@ -265,6 +271,8 @@ class TagGuidedCaptioner(nn.Module):
             logp = F.log_softmax(self.out(h[:, -1]).float(), dim=-1)
             logp[:, PAD] = float("-inf")
             logp[:, BOS] = float("-inf")
+            if step < min_words:  # a caption has at least min_words words
+                logp[:, EOS] = float("-inf")
             if step == max_words:  # out of words: every open hypothesis must end here
                 logp[~finished] = torch.where(
                     torch.arange(logp.shape[1], device=device) == EOS, logp[~finished], float("-inf")
