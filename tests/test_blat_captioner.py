@@ -20,22 +20,42 @@ from tests.helpers import check_output, tar_digests
 def tiny_checkpoint(ray_local, sample_input, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("template-corpus")
     cfg = CaptionConfig(
-        input=[sample_input.shards], segments=[sample_input.segments], labels=sample_input.labels,
-        output=str(corpus), progress=False,
+        input=[sample_input.shards],
+        segments=[sample_input.segments],
+        labels=sample_input.labels,
+        output=str(corpus),
+        progress=False,
     )
     assert run_caption(cfg) == 0
     ckpt = tmp_path_factory.mktemp("ckpt")
-    train_captioner(TrainConfig(
-        train=[str(corpus / "{000000..000003}.tar")], out=str(ckpt), model=MODEL_PRESETS["tiny"], steps=30,
-        batch_size=8, warmup_steps=5, checkpoint_every=30, log_every=10, progress=False, shuffle_buffer=20,
-    ))
+    train_captioner(
+        TrainConfig(
+            train=[str(corpus / "{000000..000003}.tar")],
+            out=str(ckpt),
+            model=MODEL_PRESETS["tiny"],
+            steps=30,
+            batch_size=8,
+            warmup_steps=5,
+            checkpoint_every=30,
+            log_every=10,
+            progress=False,
+            shuffle_buffer=20,
+        )
+    )
     return ckpt
 
 
 def _config(sample, out, ckpt, **kw):
     return CaptionConfig(
-        input=[sample.shards], segments=[sample.segments], labels=sample.labels, output=str(out),
-        captioner=f"blat:{ckpt}", captioner_options={"candidates": 3}, progress=False, batch_size=4, **kw,
+        input=[sample.shards],
+        segments=[sample.segments],
+        labels=sample.labels,
+        output=str(out),
+        captioner=f"blat:{ckpt}",
+        captioner_options={"candidates": 3},
+        progress=False,
+        batch_size=4,
+        **kw,
     )
 
 
@@ -65,8 +85,13 @@ def test_blat_on_esc50(tiny_checkpoint, tmp_path):
     labels = LabelMap.parse(labels_path.read_text())
     pattern, segments = pack_esc50(str(shared_data("esc50")), labels, str(tmp_path / "in"), clips_per_shard=100)
     cfg = CaptionConfig(
-        input=[pattern], segments=[segments], labels=str(labels_path), output=str(tmp_path / "out"),
-        captioner=f"blat:{tiny_checkpoint}", progress=False, batch_size=50,
+        input=[pattern],
+        segments=[segments],
+        labels=str(labels_path),
+        output=str(tmp_path / "out"),
+        captioner=f"blat:{tiny_checkpoint}",
+        progress=False,
+        batch_size=50,
     )
     assert run_caption(cfg) == 0
     o = check_output(str(tmp_path / "out"), expected_inputs=400)

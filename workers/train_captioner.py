@@ -196,6 +196,8 @@ def train_captioner(cfg: TrainConfig) -> dict[str, Any]:
         storage.publish_bytes(buf.getvalue(), join_url(cfg.out, "optimizer.pt"))
         storage.publish_bytes(json.dumps({"step": step, "config": asdict(cfg)}, default=str).encode(), state_url)
 
+    if resumed:
+        log({"event": "resume", "step": start})
     bar = tqdm(total=cfg.steps, initial=start, desc="train-captioner", disable=not cfg.progress, unit="step")
     examples = _batches(iter(loader), cfg.batch_size)
     last: dict[str, Any] = {}

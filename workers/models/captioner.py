@@ -17,7 +17,6 @@ never empty) and ends at ``<eos>`` or at ``max_words`` words.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -142,7 +141,9 @@ class TagGuidedCaptioner(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
         self.positions = nn.Embedding(cfg.prefix_len + cfg.max_words + 2, cfg.d_model)
         if cfg.tag_fusion == "add":
-            self.tag_embed = nn.Parameter(torch.randn(cfg.n_tags, cfg.d_model) * 0.02)
+            # Unit scale, like the word embeddings: the normalised multi-hot then adds a
+            # vector of the same magnitude as a word's, which the decoder can use at once.
+            self.tag_embed = nn.Parameter(torch.randn(cfg.n_tags, cfg.d_model))
         elif cfg.tag_fusion == "prefix":
             self.tag_tokens = nn.Embedding(cfg.n_tags + 1, cfg.d_model, padding_idx=cfg.n_tags)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
@@ -181,13 +182,13 @@ class TagGuidedCaptioner(nn.Module):
 
     def _embed_tokens(self, tokens: torch.Tensor, start: int, tag_add: torch.Tensor | None) -> torch.Tensor:
         pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.positions(pos)
+        x = self.embed(tokens) + self.positions(pos)
         return x + tag_add[:, None, :] if tag_add is not None else x
 
     def _prefix(self, prefix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix embeddings and their key mask (True = attend)."""
         pos = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)
-        x = self.tag_tokens(prefix_ids) * math.sqrt(self.cfg.d_model) + self.positions(pos)
+        x = self.tag_tokens(prefix_ids) + self.positions(pos)
         return x, prefix_ids != self.cfg.n_tags
 
     def _tag_add(self, multi_hot: torch.Tensor) -> torch.Tensor | None:
