@@ -64,7 +64,7 @@ def reference_beam_search(model, wave, tags, beam_size, max_words, min_words=1):
             for w in range(logp.shape[0]):
                 if w in (PAD, BOS) or (step == max_words and w != EOS) or (step < min_words and w == EOS):
                     continue
-                candidates.append((tokens + [w], score + float(logp[w]), w == EOS))
+                candidates.append(([*tokens, w], score + float(logp[w]), w == EOS))
         candidates.sort(key=lambda c: -c[1])
         hyps = candidates[:beam_size]
         if all(d for _, _, d in hyps):

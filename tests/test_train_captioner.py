@@ -65,7 +65,7 @@ def test_it_learns_and_tags_guide_it(fusion_results):
 
 
 def test_training_checkpoints_and_resumes(corpus, tmp_path):
-    train, val = corpus
+    train, _val = corpus
     common = dict(
         train=[train],
         out=str(tmp_path / "ckpt"),
