@@ -1,43 +1,10 @@
 """Input and output on s3:// through a moto server on 127.0.0.1 (real S3 protocol)."""
 
 import os
-import socket
-
-import pytest
 
 from tagcap.pipeline.caption import run_caption
 from tagcap.schemas.config import CaptionConfig
 from tests.helpers import check_output, tar_digests
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture()
-def s3(s3_server, monkeypatch):
-    import s3fs
-
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    options = {"s3": {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}}
-    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing", skip_instance_cache=True)
-    return fs, options
 
 
 def test_input_and_output_on_s3(ray_local, sample_input, s3, tmp_path):

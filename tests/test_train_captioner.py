@@ -107,3 +107,27 @@ def test_lr_schedule():
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)
     assert lr_factor(55, 10, 100) == pytest.approx(0.5)
     assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_checkpoints_to_object_storage(corpus, s3):
+    fs, options = s3
+    fs.mkdir("tagcap-ckpt")
+    train, _ = corpus
+    common = dict(
+        train=[train],
+        out="s3://tagcap-ckpt/run",
+        model=MODEL,
+        batch_size=4,
+        warmup_steps=1,
+        log_every=2,
+        checkpoint_every=2,
+        progress=False,
+        shuffle_buffer=10,
+        storage_options=options,
+    )
+    train_captioner(TrainConfig(**common, steps=2))
+    assert {"config.json", "model.safetensors", "vocab.json", "tags.json", "optimizer.pt", "state.json"} <= {
+        p.rsplit("/", 1)[-1] for p in fs.ls("tagcap-ckpt/run")
+    }
+    assert train_captioner(TrainConfig(**common, steps=4))["step"] == 4
+    assert json.loads(fs.cat_file("tagcap-ckpt/run/state.json"))["step"] == 4
