@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import tarfile
 
@@ -91,6 +92,17 @@ def read_esc50_meta(esc_dir: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def split_per_class(rows: list[dict[str, str]], train_per_class: int) -> tuple[list[dict], list[dict]]:
+    """The first ``train_per_class`` clips of each class (in file order) and the rest."""
+    seen: dict[str, int] = {}
+    train, test = [], []
+    for row in rows:
+        n = seen.get(row["category"], 0)
+        (train if n < train_per_class else test).append(row)
+        seen[row["category"]] = n + 1
+    return train, test
+
+
 def pack_esc50(
     esc_dir: str, labels: LabelMap, out_dir: str, clips_per_shard: int = 50, rows: list[dict[str, str]] | None = None
 ) -> tuple[str, str]:
@@ -107,9 +119,13 @@ def pack_esc50(
                 with open(os.path.join(esc_dir, "audio", row["filename"]), "rb") as fh:
                     data = fh.read()
                 ytid = pseudo_ytid(row["filename"])
-                info = tarfile.TarInfo(f"{make_key(ytid, 0)}.flac")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+                key = make_key(ytid, 0)
+                # The class travels as `label` for zero-shot evaluation; ytid/start join the tags.
+                meta = json.dumps({"ytid": ytid, "start_seconds": 0.0, "label": row["category"]}).encode()
+                for name, payload in ((f"{key}.flac", data), (f"{key}.json", meta)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
                 mids = ",".join(mids_for(row["category"], labels))
                 segment_lines.append(f'{ytid},0.000,5.000,"{mids}"')
         n_shards += 1

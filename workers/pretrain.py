@@ -59,6 +59,7 @@ class PretrainConfig:
     captions: list[str] = field(default_factory=list)  # sidecar roots, aligned with train ("" for none)
     model: dict[str, Any] = field(default_factory=dict)  # ClapConfig fields
     text_model: str | None = "default"  # "default": the MiniLM package folder if installed
+    freeze_text: bool = False  # keep the pretrained text encoder fixed; train its projection only
     steps: int = 1000
     steps_per_epoch: int = 500
     batch_size: int = 32  # per rank
@@ -192,12 +193,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     else:
         model = build_model(cfg).to(device)
         start = 0
+    if world > 1:  # every rank starts from rank 0's weights
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
     core = model
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.freeze_text:
+        core.text_encoder.requires_grad_(False)
+    trainable = [p for p in core.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     if resumed:
         blob = torch.load(io.BytesIO(storage.read_bytes(join_url(cfg.out, "optimizer.pt"))), weights_only=True)
