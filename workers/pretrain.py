@@ -42,9 +42,9 @@ from tagcap.workers.datasets import crop, decode_audio_member, expand_urls, samp
 from tagcap.workers.models.clap import (
     ClapConfig,
     ContrastiveModel,
+    average_gradients,
     default_text_model,
     info_nce,
-    average_gradients,
     load_clap,
     save_clap,
 )

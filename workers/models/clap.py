@@ -43,7 +43,7 @@ def default_text_model() -> str | None:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "model")
     return folder if os.path.exists(os.path.join(folder, "config.json")) else None
 
 
@@ -70,7 +70,7 @@ class ClapConfig:
         return cls(frontend=FrontendConfig(**raw.pop("frontend", {})), encoder=EncoderConfig(**enc), **raw)
 
 
-def _text_tower(cfg: ClapConfig) -> tuple[nn.Module, Any]:
+def _text_tower(cfg: ClapConfig) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
     if cfg.text_model:
@@ -101,9 +101,10 @@ class ContrastiveModel(nn.Module):
         self.audio_proj = nn.Sequential(
             nn.Linear(self.audio_encoder.out_dim, cfg.embed_dim), nn.ReLU(), nn.Linear(cfg.embed_dim, cfg.embed_dim)
         )
-        self.text_encoder, loaded_tokenizer = _text_tower(cfg)
+        text_encoder, loaded_tokenizer = _text_tower(cfg)
+        self.text_encoder = text_encoder
         self.tokenizer = tokenizer or loaded_tokenizer
-        hidden = self.text_encoder.config.hidden_size
+        hidden = int(text_encoder.config.hidden_size)
         self.text_proj = nn.Sequential(
             nn.Linear(hidden, cfg.embed_dim), nn.ReLU(), nn.Linear(cfg.embed_dim, cfg.embed_dim)
         )
@@ -209,6 +210,12 @@ def save_clap(url: str, model: ContrastiveModel, storage: Storage, local_text_fo
     weights = state_bytes(model)
     storage.publish_bytes(weights, join_url(url, "model.safetensors"))
     return hashlib.sha256(weights).hexdigest()
+
+
+def load_clap_sha(url: str, storage: Storage) -> str:
+    """sha256 of a checkpoint's weights (checks the folder is one) without building it."""
+    json.loads(storage.read_bytes(join_url(url, "config.json")))["clap"]
+    return hashlib.sha256(storage.read_bytes(join_url(url, "model.safetensors"))).hexdigest()
 
 
 def load_clap(url: str, storage: Storage, device: str | torch.device = "cpu") -> tuple[ContrastiveModel, str]:

@@ -1,0 +1,116 @@
+"""Caption filters: score candidate captions against their audio with a contrastive model
+and keep or reject them.
+
+``--filter clap:CKPT`` loads a checkpoint written by ``tagcap pretrain``. Rules
+(``--filter-rule``):
+
+* ``best>=T`` (BLAT, default T=0.5): keep the best-scoring candidate if its cosine
+  similarity to the audio is at least T;
+* ``beats-tags`` (AudioSetCaps): keep the best candidate only if it scores at least as
+  well as the plain tag string ("Dog, Bark").
+
+A rejected clip's result carries ``error="filtered"`` and its best score, so it becomes an
+error row with reason ``filtered`` and the counts still reconcile.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from tagcap.schemas.work import CaptionResult
+from tagcap.workers.audio import fit_length, resample
+from tagcap.workers.models.clap import load_clap, load_clap_sha
+from tagcap.workers.storage import Storage
+
+_BEST_RE = re.compile(r"^best>=(?P<t>-?\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    kind: str  # "best" | "beats-tags"
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FilterRule:
+        text = text.strip()
+        if text == "beats-tags":
+            return cls("beats-tags")
+        match = _BEST_RE.match(text)
+        if match:
+            return cls("best", float(match["t"]))
+        raise ValueError(f"unknown filter rule {text!r} (expected best>=T or beats-tags)")
+
+    def __str__(self) -> str:
+        return "beats-tags" if self.kind == "beats-tags" else f"best>={self.threshold:g}"
+
+
+def parse_filter_spec(spec: str) -> str:
+    """The checkpoint URL of ``clap:CKPT``."""
+    kind, sep, target = spec.partition(":")
+    if kind != "clap" or not sep or not target:
+        raise ValueError(f"unknown filter {spec!r} (expected clap:CHECKPOINT)")
+    return target
+
+
+def describe_filter(spec: str, rule: str, storage: Storage) -> dict[str, Any]:
+    """Validate on the driver (checkpoint present, rule known) without loading the model."""
+    target = parse_filter_spec(spec)
+    parsed = FilterRule.parse(rule)
+    try:
+        sha = load_clap_sha(target, storage)
+    except FileNotFoundError as exc:
+        raise ValueError(f"filter checkpoint incomplete or missing: {exc}") from None
+    return {"filter": "clap", "checkpoint_sha256": sha, "rule": str(parsed)}
+
+
+class ClapFilter:
+    def __init__(self, spec: str, rule: str, storage: Storage):
+        self.rule = FilterRule.parse(rule)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.sha256 = load_clap(parse_filter_spec(spec), storage, self.device)
+
+    @torch.no_grad()
+    def scores(self, waveforms: np.ndarray, sample_rate: int, texts: list[list[str]]) -> list[list[float]]:
+        """Cosine similarity of each clip to each of its texts."""
+        rate = self.model.cfg.frontend.sample_rate
+        n = self.model.clip_samples
+        batch = np.stack([fit_length(resample(w, sample_rate, rate), n) for w in waveforms])
+        audio = self.model.embed_audio(torch.from_numpy(batch).to(self.device)).float()
+        flat = [t for row in texts for t in row]
+        text = self.model.embed_text(flat).float() if flat else torch.zeros(0, audio.shape[1])
+        out, k = [], 0
+        for i, row in enumerate(texts):
+            sims = (text[k : k + len(row)] @ audio[i]).tolist()
+            out.append([round(float(s), 6) for s in sims])
+            k += len(row)
+        return out
+
+    def apply(
+        self, results: list[CaptionResult], waveforms: np.ndarray, sample_rate: int, tags: list[list[str]]
+    ) -> list[CaptionResult]:
+        texts = []
+        for r, t in zip(results, tags, strict=True):
+            cands = list(r.candidates) if r.candidates else ([r.text] if r.text else [])
+            if self.rule.kind == "beats-tags":
+                cands = [*cands, ", ".join(t)]
+            texts.append(cands)
+        scores = self.scores(waveforms, sample_rate, texts)
+        out = []
+        for r, cands, s in zip(results, texts, scores, strict=True):
+            if r.text is None:
+                out.append(r)
+                continue
+            n = len(cands) - 1 if self.rule.kind == "beats-tags" else len(cands)
+            best = int(np.argmax(s[:n]))
+            bar = s[-1] if self.rule.kind == "beats-tags" else float(self.rule.threshold or 0.0)
+            keep = s[best] >= bar
+            if keep:
+                out.append(replace(r, text=cands[best], score=s[best]))
+            else:
+                out.append(replace(r, text=None, score=s[best], error="filtered"))
+        return out
