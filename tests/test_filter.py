@@ -76,8 +76,13 @@ def test_rules_keep_and_reject_by_their_scores(clap_ckpt):
 def test_filter_in_the_caption_pipeline(ray_local, sample_input, clap_ckpt, tmp_path):
     def cfg(out, rule):
         return CaptionConfig(
-            input=[sample_input.shards], segments=[sample_input.segments], labels=sample_input.labels,
-            output=str(out), filter=f"clap:{clap_ckpt}", filter_rule=rule, progress=False,
+            input=[sample_input.shards],
+            segments=[sample_input.segments],
+            labels=sample_input.labels,
+            output=str(out),
+            filter=f"clap:{clap_ckpt}",
+            filter_rule=rule,
+            progress=False,
         )
 
     assert run_caption(cfg(tmp_path / "keep", "best>=-1")) == 0
