@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import tagcap
 from tagcap.pipeline.executor import ExecutionSettings, run_units
+from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.outputs import committed_shards, read_manifest, read_stats, write_manifest, write_sizes
 from tagcap.pipeline.plan import Plan, PlanError, plan_units
 from tagcap.pipeline.progress import RunProgress
@@ -166,7 +167,22 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
 def run_caption(config: CaptionConfig) -> int:
     """Run (or resume) a caption job. Returns the process exit status."""
     prep = prepare_run(config)
-    storage, layout = prep.storage, prep.layout
+    lease = OutputLease(prep.layout, prep.storage)
+    try:
+        prep.storage.makedirs(prep.layout.root)
+        lease.acquire()
+    except OutputLocked as exc:
+        raise ConfigError(f"{config.output}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"output {config.output} is not writable: {exc}") from None
+    try:
+        return _run_leased(prep)
+    finally:
+        lease.release()
+
+
+def _run_leased(prep: Prepared) -> int:
+    config, storage, layout = prep.config, prep.storage, prep.layout
     previous = read_manifest(layout, storage)
     if previous is not None and previous.identity != prep.identity:
         if not config.overwrite:
@@ -177,12 +193,14 @@ def run_caption(config: CaptionConfig) -> int:
             )
         _clear_output(prep)
         previous = None
-    storage.makedirs(layout.root)
     done = committed_shards(layout, storage)
     todo = [u for u in prep.plan.units if u.shard not in done]
     started = previous.started if previous is not None else _now()
     manifest = _manifest(prep, started)
-    write_manifest(layout, storage, manifest)
+    try:
+        write_manifest(layout, storage, manifest)
+    except OSError as exc:
+        raise ConfigError(f"output {config.output} is not writable: {exc}") from None
 
     print(
         f"tagcap caption: {len(prep.plan.units)} shards ({len(done)} already committed, {len(todo)} to do), "

@@ -1,0 +1,173 @@
+"""SPEC §5 under faults: concurrent runs, loopback-only Ray, unwritable output, hostile input."""
+
+import glob
+import ipaddress
+import os
+import signal
+import subprocess
+import tarfile
+import time
+
+import psutil
+import pytest
+import yaml
+
+from tagcap.pipeline.lock import OutputLease, OutputLocked
+from tagcap.pipeline.sample import write_sample
+from tagcap.schemas.layout import OutputLayout
+from tagcap.workers.storage import Storage
+from tests.helpers import check_output, cli_env, tagcap_cmd
+
+
+def _slow_config(tmp_path, out, sample, sleep=0.5):
+    path = tmp_path / f"{os.path.basename(str(out))}.yaml"
+    path.write_text(yaml.safe_dump({
+        "input": sample.shards, "segments": sample.segments, "labels": sample.labels, "output": str(out),
+        "captioner": "tests.plugins:SlowTemplate", "captioner_options": {"sleep": 0},
+        "num_cpus": 2, "object_store_memory": 80 * 1024 * 1024, "progress": False,
+    }))
+    return path, {**cli_env(), "TAGCAP_TEST_SLEEP": str(sleep)}
+
+
+def _wait_for(predicate, timeout=90.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def slow_sample(tmp_path_factory):
+    return write_sample(str(tmp_path_factory.mktemp("slow")), shards=6, clips_per_shard=2, seconds=1.0, seed=3)
+
+
+def test_second_run_on_the_same_output_refuses_until_the_first_is_gone(slow_sample, tmp_path):
+    out = tmp_path / "out"
+    config, env = _slow_config(tmp_path, out, slow_sample)
+    first = subprocess.Popen(tagcap_cmd("caption", "--config", str(config)), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert _wait_for(lambda: (out / ".lock").exists())
+        second = subprocess.run(tagcap_cmd("caption", "--config", str(config)), env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2
+        assert "output is in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+    finally:
+        os.kill(first.pid, signal.SIGKILL)  # a dead run ...
+        first.wait(timeout=30)
+    assert (out / ".lock").exists()
+    third = subprocess.run(tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert third.returncode == 0, third.stderr  # ... does not hold the output forever
+    assert not (out / ".lock").exists()
+    check_output(str(out), expected_inputs=12)
+
+
+def test_a_stale_lease_from_another_host_is_taken_over(tmp_path):
+    layout = OutputLayout(str(tmp_path))
+    storage = Storage()
+    holder = OutputLease(layout, storage, ttl_s=60)
+    holder.info.host = "elsewhere"
+    holder.acquire()
+    with pytest.raises(OutputLocked):
+        OutputLease(layout, storage, ttl_s=60).acquire()
+    holder._stop.set()
+    holder.info.heartbeat -= 3600  # its machine vanished an hour ago
+    holder._write(exclusive=False)
+    taker = OutputLease(layout, storage, ttl_s=60)
+    taker.acquire()
+    taker.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def _loopback(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or ip).is_loopback
+
+
+def test_embedded_ray_listens_on_loopback_only(slow_sample, tmp_path):
+    out = tmp_path / "out"
+    config, env = _slow_config(tmp_path, out, slow_sample, sleep=1.0)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # tagcap must pin loopback by itself
+    proc = subprocess.Popen(tagcap_cmd("caption", "--config", str(config)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1)
+        driver = psutil.Process(proc.pid)
+        family = [driver, *driver.children(recursive=True)]
+        # Ray's helper processes are re-parented: find them by session instead.
+        sid = os.getsid(proc.pid)
+        family += [p for p in psutil.process_iter() if _sid(p) == sid and p not in family]
+        listening = []
+        for p in family:
+            try:
+                conns = p.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            listening += [(p.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        assert len(listening) >= 3  # gcs, raylet, object manager at least
+        assert all(_loopback(ip) for _, ip, _ in listening), listening
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    stderr = proc.stderr.read().decode()
+    assert "Token authentication is enabled" in stderr
+
+
+def _sid(p):
+    try:
+        return os.getsid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _mount_tmpfs(path, options):
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+
+
+def test_read_only_output_fails_at_once(slow_sample, tmp_path):
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro, "ro,size=1m")
+    try:
+        proc = subprocess.run(
+            tagcap_cmd("caption", "--input", slow_sample.shards, "--segments", slow_sample.segments,
+                       "--labels", slow_sample.labels, "--output", str(ro / "out"), "--no-progress"),
+            env=cli_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "is not writable" in lines[0] and "Read-only file system" in lines[0]
+        assert not os.listdir(ro)
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_full_disk_publishes_nothing_partial(ray_local, tmp_path):
+    from tagcap.pipeline.caption import run_caption
+    from tagcap.schemas.config import CaptionConfig
+
+    sample = write_sample(str(tmp_path / "in"), shards=3, clips_per_shard=4, seconds=10.0, seed=5)
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "size=600k")  # room for the manifest, not for a shard
+    try:
+        cfg = CaptionConfig(
+            input=[sample.shards], segments=[sample.segments], labels=sample.labels, output=str(small / "out"),
+            progress=False, max_attempts=2,
+        )
+        assert run_caption(cfg) == 1
+        out = small / "out"
+        for path in glob.glob(str(out / "*.tar")):
+            with tarfile.open(path) as tar:  # any tar under a final name is whole
+                tar.getmembers()
+        manifest = __import__("json").loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "incomplete" and manifest["failed_shards"]
+        assert all("No space left on device" in r for r in manifest["failed_shards"].values())
+        assert not glob.glob(str(out / ".tmp" / "*"))  # spooled partial tars removed
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
