@@ -31,6 +31,7 @@ def ray_session(
         # address pinned to loopback (measured with Ray 2.60).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(
+            address="local",  # a new embedded instance even where a `ray start` cluster runs
             num_cpus=num_cpus,
             object_store_memory=object_store_memory,
             include_dashboard=False,

@@ -30,6 +30,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",
         num_cpus=2,
         object_store_memory=150 * 1024 * 1024,
         include_dashboard=False,

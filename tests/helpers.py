@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pyarrow.parquet as pq
 import webdataset as wds
 
@@ -131,3 +138,49 @@ def caption_args(sample, out: str, *extra: str) -> list[str]:
         "--no-progress",
         *extra,
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """A `ray start --head` cluster on 127.0.0.1; yields (address, env for its clients).
+
+    It gets a temp dir of its own so that its processes are found by it and stopped alone
+    at the end (`ray stop` would stop every Ray on the machine, the test session's own)."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    port = free_port()
+    # every process of one cluster must agree on the auth mode: token auth stays on
+    env = {**cli_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="tcray", dir="/tmp")  # short: Unix socket paths are limited
+    start = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        assert start.returncode == 0, start.stderr
+        yield f"127.0.0.1:{port}", env
+    finally:
+        procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in a for a in (p.info["cmdline"] or []))]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
@@ -44,13 +45,14 @@ class PoisonTemplate(_Plugin):
 
 
 class DieOnceTemplate(_Plugin):
-    """Kills its own process (the Ray actor) the first time it sees a batch, once per
-    marker file; later calls caption normally."""
+    """Kills its own process (the Ray actor) with ``os._exit`` at its ``die_at``-th batch
+    (counted across restarts in a file), once; every other call captions normally."""
 
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
-        marker = self.config["marker"]
-        if not os.path.exists(marker):
-            with open(marker, "w") as fh:
-                fh.write("died")
+        counter = self.config["counter"]
+        calls = int(Path(counter).read_text()) + 1 if os.path.exists(counter) else 1
+        with open(counter, "w") as fh:
+            fh.write(str(calls))
+        if calls == int(self.config.get("die_at", 1)):
             os._exit(1)
         return super().__call__(batch)

@@ -3,7 +3,6 @@ Train's TorchTrainer (a `ray start --head` on 127.0.0.1)."""
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from tagcap.pipeline.synthetic import write_compositional_corpus
-from tests.helpers import cli_env
+from tests.helpers import cli_env, ray_head
 
 TINY = {
     "clip_seconds": 1.0,
@@ -90,28 +89,7 @@ def test_torchrun_two_ranks(run_yaml, tmp_path):
 
 
 def test_ray_train_on_a_ray_cluster(run_yaml, tmp_path):
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    port = _port()
-    # every process of one cluster must agree on the auth mode: token auth stays on
-    env = {**cli_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
-    start = subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert start.returncode == 0, start.stderr
-    try:
+    with ray_head(num_cpus=2) as (address, env):
         out = tmp_path / "raytrain"
         proc = subprocess.run(
             [
@@ -122,7 +100,7 @@ def test_ray_train_on_a_ray_cluster(run_yaml, tmp_path):
                 "--config",
                 str(run_yaml(out)),
                 "--ray-address",
-                f"127.0.0.1:{port}",
+                address,
                 "--ray-workers",
                 "2",
             ],
@@ -134,5 +112,3 @@ def test_ray_train_on_a_ray_cluster(run_yaml, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]
         assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 4
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -21,11 +21,21 @@ from tests.helpers import check_output, cli_env, tagcap_cmd
 
 def _slow_config(tmp_path, out, sample, sleep=0.5):
     path = tmp_path / f"{os.path.basename(str(out))}.yaml"
-    path.write_text(yaml.safe_dump({
-        "input": sample.shards, "segments": sample.segments, "labels": sample.labels, "output": str(out),
-        "captioner": "tests.plugins:SlowTemplate", "captioner_options": {"sleep": 0},
-        "num_cpus": 2, "object_store_memory": 80 * 1024 * 1024, "progress": False,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": sample.shards,
+                "segments": sample.segments,
+                "labels": sample.labels,
+                "output": str(out),
+                "captioner": "tests.plugins:SlowTemplate",
+                "captioner_options": {"sleep": 0},
+                "num_cpus": 2,
+                "object_store_memory": 80 * 1024 * 1024,
+                "progress": False,
+            }
+        )
+    )
     return path, {**cli_env(), "TAGCAP_TEST_SLEEP": str(sleep)}
 
 
@@ -46,20 +56,27 @@ def slow_sample(tmp_path_factory):
 def test_second_run_on_the_same_output_refuses_until_the_first_is_gone(slow_sample, tmp_path):
     out = tmp_path / "out"
     config, env = _slow_config(tmp_path, out, slow_sample)
-    first = subprocess.Popen(tagcap_cmd("caption", "--config", str(config)), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    first = subprocess.Popen(
+        tagcap_cmd("caption", "--config", str(config)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         assert _wait_for(lambda: (out / ".lock").exists())
-        second = subprocess.run(tagcap_cmd("caption", "--config", str(config)), env=env, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            tagcap_cmd("caption", "--config", str(config)), env=env, capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 2
         assert "output is in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
     finally:
         os.kill(first.pid, signal.SIGKILL)  # a dead run ...
         first.wait(timeout=30)
     assert (out / ".lock").exists()
-    third = subprocess.run(tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
+    third = subprocess.run(
+        tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True, text=True, timeout=300
+    )
     assert third.returncode == 0, third.stderr  # ... does not hold the output forever
     assert not (out / ".lock").exists()
     check_output(str(out), expected_inputs=12)
@@ -92,8 +109,13 @@ def test_embedded_ray_listens_on_loopback_only(slow_sample, tmp_path):
     out = tmp_path / "out"
     config, env = _slow_config(tmp_path, out, slow_sample, sleep=1.0)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # tagcap must pin loopback by itself
-    proc = subprocess.Popen(tagcap_cmd("caption", "--config", str(config)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        tagcap_cmd("caption", "--config", str(config)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1)
         driver = psutil.Process(proc.pid)
@@ -136,9 +158,22 @@ def test_read_only_output_fails_at_once(slow_sample, tmp_path):
     _mount_tmpfs(ro, "ro,size=1m")
     try:
         proc = subprocess.run(
-            tagcap_cmd("caption", "--input", slow_sample.shards, "--segments", slow_sample.segments,
-                       "--labels", slow_sample.labels, "--output", str(ro / "out"), "--no-progress"),
-            env=cli_env(), capture_output=True, text=True, timeout=120,
+            tagcap_cmd(
+                "caption",
+                "--input",
+                slow_sample.shards,
+                "--segments",
+                slow_sample.segments,
+                "--labels",
+                slow_sample.labels,
+                "--output",
+                str(ro / "out"),
+                "--no-progress",
+            ),
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -157,8 +192,12 @@ def test_full_disk_publishes_nothing_partial(ray_local, tmp_path):
     _mount_tmpfs(small, "size=600k")  # room for the manifest, not for a shard
     try:
         cfg = CaptionConfig(
-            input=[sample.shards], segments=[sample.segments], labels=sample.labels, output=str(small / "out"),
-            progress=False, max_attempts=2,
+            input=[sample.shards],
+            segments=[sample.segments],
+            labels=sample.labels,
+            output=str(small / "out"),
+            progress=False,
+            max_attempts=2,
         )
         assert run_caption(cfg) == 1
         out = small / "out"

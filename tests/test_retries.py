@@ -1,6 +1,8 @@
 """Bounded retries: a dead actor is survived, a poison shard is reported while the rest finish."""
 
 import json
+import os
+import random
 import subprocess
 
 import yaml
@@ -19,17 +21,27 @@ def _config(sample, out, **kw):
 def test_actor_killed_mid_run_is_retried_and_output_identical(ray_local, sample_input, tmp_path):
     ref = tmp_path / "ref"
     assert (
-        run_caption(_config(sample_input, ref, captioner="tests.plugins:SlowTemplate", captioner_options={"sleep": 0}))
+        run_caption(
+            _config(
+                sample_input, ref, captioner="tests.plugins:SlowTemplate", captioner_options={"sleep": 0}, batch_size=2
+            )
+        )
         == 0
     )
+    # 24 clips in batches of 2: the actor dies at a random one of its 12 batches
+    die_at = random.Random(os.getpid()).randint(1, 12)
+    counter = tmp_path / "calls"
     out = tmp_path / "out"
-    marker = tmp_path / "died"
     cfg = _config(
-        sample_input, out, captioner="tests.plugins:DieOnceTemplate", captioner_options={"marker": str(marker)}
+        sample_input,
+        out,
+        captioner="tests.plugins:DieOnceTemplate",
+        batch_size=2,
+        captioner_options={"counter": str(counter), "die_at": die_at},
     )
     assert run_caption(cfg) == 0
-    assert marker.exists()  # the actor did die (os._exit) once
-    assert tar_digests(str(out)) == tar_digests(str(ref))
+    assert int(counter.read_text()) > 12  # it died, and the lost unit was captioned again
+    assert tar_digests(str(out)) == tar_digests(str(ref)), f"die_at={die_at}"
     check_output(str(out), expected_inputs=24)
 
 

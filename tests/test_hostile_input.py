@@ -1,0 +1,111 @@
+"""Hostile input, generated with hypothesis: no crash, no hang, nothing written outside the
+output, exactly one error row or one sample per input sample."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
+from tagcap.schemas.layout import OutputLayout
+from tagcap.schemas.work import DecodeSpec, WorkUnit
+from tagcap.workers.captioners.template import TemplateCaptioner
+from tagcap.workers.prepare import prepare_unit
+from tagcap.workers.storage import Storage
+from tagcap.workers.writer import ProvenanceInfo, write_shard
+
+SPEC = DecodeSpec(16000, 16000, "copy", 0.1, 30.0, 4000, 192000, 4096)
+LABELS = LabelMap({"/m/0bt9lr": "Dog"})
+YTIDS = ["dogdogdog01", "dogdogdog02", "-_YYYYYYYYY"]
+SEGMENTS = SegmentTable(
+    parse_segments(
+        "YTID,start_seconds,end_seconds,positive_labels\n" + "".join(f'{y},0,10,"/m/0bt9lr"\n' for y in YTIDS)
+    )[0]
+)
+
+
+def _wav(rate: int, seconds: float, value: float) -> bytes:
+    buf = io.BytesIO()
+    frames = max(0, int(min(rate * seconds, 400_000)))
+    sf.write(buf, np.full(frames, value, dtype=np.float32), max(rate, 1), format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+names = st.one_of(
+    st.sampled_from([f"Y{y}_0" for y in YTIDS]),
+    st.sampled_from(["../../evil", "/abs/path", "a/../../b", "x\\..\\y", "..", "Y" + "a" * 300]),
+    st.text(alphabet="abcXYZ_-./0123456789", min_size=1, max_size=30),
+)
+audio = st.one_of(
+    st.binary(max_size=2000),
+    st.builds(
+        _wav,
+        st.sampled_from([1, 100, 3999, 8000, 16000, 192001, 1_000_000]),
+        st.sampled_from([0.0, 0.01, 0.5, 2.0]),
+        st.sampled_from([0.0, 0.5, float("nan"), float("inf")]),
+    ),
+)
+json_blobs = st.one_of(
+    st.none(),
+    st.binary(max_size=200),
+    st.just(b"{" * 5000),
+    st.just(json.dumps({"ytid": "dogdogdog01", "start_seconds": 0, "pad": "x" * 5000}).encode()),
+    st.dictionaries(
+        st.sampled_from(["ytid", "start_seconds", "text"]),
+        st.one_of(st.integers(), st.text(max_size=12), st.none(), st.lists(st.integers(), max_size=3)),
+    ).map(lambda d: json.dumps(d).encode()),
+)
+members = st.lists(
+    st.tuples(names, st.sampled_from(["flac", "wav", "mp3", "ogg", "txt", ""]), audio, json_blobs), max_size=8
+)
+
+
+def _tar(items) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, ext, data, blob in items:
+            for member, payload in ((f"{name}.{ext}" if ext else name, data), (f"{name}.json", blob)):
+                if payload is None:
+                    continue
+                info = tarfile.TarInfo(member)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(items=members, cut=st.one_of(st.none(), st.floats(0.05, 0.95)))
+def test_hostile_tars_give_one_row_per_sample_and_write_only_under_out(items, cut, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    raw = _tar(items)
+    if cut is not None:
+        raw = raw[: int(len(raw) * cut)]
+    (root / "in.tar").write_bytes(raw)
+    unit = WorkUnit(0, "000000", "tar", (str(root / "in.tar"),))
+    batch, payload = prepare_unit(unit, SPEC, SEGMENTS, LABELS, Storage())
+    assert len(batch) == len(payload.samples) and np.isfinite(batch.waveforms).all()
+    out = root / "out"
+    stats = write_shard(
+        payload,
+        TemplateCaptioner()(batch),
+        OutputLayout(str(out)),
+        Storage(),
+        ProvenanceInfo("template-v1", None, {}, "test"),
+    )
+    assert stats.written + stats.failed_total == stats.samples_in == payload.samples_in
+    written = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
+    assert all(p == "in.tar" or p.startswith("out" + os.sep) for p in written), written
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet='abcYT_-,"/ #.\n0123456789m', max_size=60), max_size=20))
+def test_malformed_segment_csv_rows_never_raise(lines):
+    table, report = parse_segments("\n".join(lines))
+    assert table.num_rows == report.segments
