@@ -2,6 +2,7 @@
 
 import glob
 import os
+import random
 import signal
 import subprocess
 import tarfile
@@ -68,13 +69,13 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
             }
         )
     )
-    slow = tmp_path / "slow.yaml"
-    slow.write_text(config.read_text())
     kills = 0
     ray_before = _ray_pids()
-    for target in (1, 4):
-        # Same run identity as the reference except the sleep, so only the first (killed)
-        # attempts are slow; the identity must match across reruns, so sleep is a constant.
+    # Killed at random moments (some before Ray is even up, some mid-shard), each time
+    # after the previous kill's rerun made some progress or none.
+    rng = random.Random(20261125)
+    for delay in [rng.uniform(0.5, 6.0) for _ in range(4)]:
+        # TAGCAP_TEST_SLEEP slows the captioner without changing the run's identity.
         proc = subprocess.Popen(
             tagcap_cmd("caption", "--config", str(config)),
             env={**cli_env(), "TAGCAP_TEST_SLEEP": "0.6"},
@@ -82,19 +83,14 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if len(glob.glob(str(out / "*.stats.json"))) >= target:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(delay)
+        if proc.poll() is not None:  # finished before its kill: nothing left to interrupt
+            break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         kills += 1
-        done = len(glob.glob(str(out / "*.stats.json")))
-        assert target <= done < SHARDS
         _all_visible_tars_complete(str(out))
-    assert kills == 2
+    assert kills >= 3
     final = subprocess.run(
         tagcap_cmd("caption", "--config", str(config)), env=cli_env(), capture_output=True, text=True, timeout=300
     )
