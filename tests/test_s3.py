@@ -1,5 +1,6 @@
 """Input and output on s3:// through a moto server on 127.0.0.1 (real S3 protocol)."""
 
+import json
 import os
 
 from tagcap.pipeline.caption import run_caption
@@ -51,3 +52,72 @@ def test_input_and_output_on_s3(ray_local, sample_input, s3, tmp_path):
     # resume on S3: everything committed, nothing redone
     assert run_caption(cfg(["s3://tagcap-in/shards/{000000..000003}.tar"], "s3://tagcap-out/run")) == 0
     assert fs.cat_file("tagcap-out/run/000000.tar") == (ref / "000000.tar").read_bytes()
+
+
+def test_transient_and_permanent_storage_faults(ray_local, sample_input, s3_server, s3, tmp_path):
+    from tests.faulty_proxy import FaultyProxy, Rule
+
+    fs, _ = s3
+    for bucket in ("fault-in", "fault-out"):
+        fs.mkdir(bucket)
+    shard_dir = os.path.dirname(sample_input.shards)
+    for name in sorted(os.listdir(shard_dir)):
+        fs.put_file(os.path.join(shard_dir, name), f"fault-in/shards/{name}")
+    fs.put_file(sample_input.segments, "fault-in/segments.csv")
+    fs.put_file(sample_input.labels, "fault-in/labels.csv")
+    proxy = FaultyProxy(int(s3_server.rsplit(":", 1)[1]))
+    options = {"s3": {"endpoint_url": proxy.url, "key": "testing", "secret": "testing", "skip_instance_cache": True}}
+
+    def cfg(output):
+        return CaptionConfig(
+            input=["s3://fault-in/shards/{000000..000003}.tar"],
+            segments=["s3://fault-in/segments.csv"],
+            labels="s3://fault-in/labels.csv",
+            output=output,
+            storage_options=options,
+            progress=False,
+            max_attempts=2,
+        )
+
+    ref = tmp_path / "ref"
+    assert (
+        run_caption(
+            CaptionConfig(
+                input=[sample_input.shards],
+                segments=[sample_input.segments],
+                labels=sample_input.labels,
+                output=str(ref),
+                progress=False,
+            )
+        )
+        == 0
+    )
+    try:
+        # transient: throttling on reads and writes, and slow answers; retries absorb them
+        proxy.rules = [
+            Rule("GET", r"/fault-in/shards/00000[02]\.tar", transient=2, delay=0.3),
+            Rule("PUT", r"/fault-out/flaky/00000[13]\.tar", transient=2),
+            Rule("PUT", r"/fault-out/flaky/index/", transient=1, delay=0.2),
+        ]
+        assert run_caption(cfg("s3://fault-out/flaky")) == 0
+        assert proxy.injected >= 5
+        local = tmp_path / "flaky"
+        fs.get("fault-out/flaky/", str(local), recursive=True)
+        assert tar_digests(str(local)) == tar_digests(str(ref))
+        check_output(str(local), expected_inputs=24)
+
+        # permanent: shard 2's tar can never be written
+        proxy.rules = [Rule("PUT", r"/fault-out/perm/000002\.tar", permanent=True)]
+        assert run_caption(cfg("s3://fault-out/perm")) == 1
+        manifest = json.loads(fs.cat_file("fault-out/perm/manifest.json"))
+        assert list(manifest["failed_shards"]) == ["000002"]
+        assert "PermissionError" in manifest["failed_shards"]["000002"]
+        assert not fs.exists("fault-out/perm/000002.tar") and fs.exists("fault-out/perm/000003.tar")
+        # the fault is gone: the rerun completes the job
+        proxy.rules = []
+        assert run_caption(cfg("s3://fault-out/perm")) == 0
+        local = tmp_path / "perm"
+        fs.get("fault-out/perm/", str(local), recursive=True)
+        assert tar_digests(str(local)) == tar_digests(str(ref))
+    finally:
+        proxy.close()

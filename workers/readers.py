@@ -60,7 +60,7 @@ def read_tar(url: str, storage: Storage) -> Iterator[RawSample]:
     current: RawSample | None = None
     seen_stems: set[str] = set()
     try:
-        with storage.open_read(url) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+        with storage.open_stream(url) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             for member in tar:
                 name = member.name
                 if member.isdir():
@@ -89,7 +89,15 @@ def read_tar(url: str, storage: Storage) -> Iterator[RawSample]:
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member {name!r} ends after {len(data)} of {member.size} bytes")
                 current.members[ext] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        # The tar cannot be read at all: one error row. Transient I/O errors are retried by
+        # the stream and, if they persist, fail the whole unit (it is retried, then reported)
+        # rather than pass for a truncated tar.
+        if current is not None:
+            yield current
+        yield RawSample(posixpath.basename(url), error=(ErrorReason.UNREADABLE, f"{type(exc).__name__}: {exc}"))
+        return
+    except (tarfile.TarError, EOFError) as exc:
         truncated = isinstance(exc, (tarfile.ReadError, EOFError)) or "unexpected end" in str(exc)
         if current is not None:
             # The sample being read when the tar broke is incomplete: it fails with the tar.
@@ -109,8 +117,8 @@ def read_files(urls: tuple[str, ...], storage: Storage) -> Iterator[RawSample]:
     for url in urls:
         stem, ext = split_member_name(posixpath.basename(url))
         try:
-            data = storage.read_bytes(url)
-        except Exception as exc:
+            data = storage.read_bytes(url)  # retried; a persisting transient error fails the unit
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             yield RawSample(stem, error=(ErrorReason.UNREADABLE, f"{type(exc).__name__}: {exc}"))
             continue
         yield RawSample(stem, members={ext: data})

@@ -9,6 +9,7 @@ so a crash never leaves a truncated file under a final name.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import tempfile
@@ -88,6 +89,12 @@ class Storage:
     def open_read(self, url: str) -> IO[bytes]:
         fs, path = self.fs(url)
         return self.retry(lambda: fs.open(path, "rb"), f"open {url}")
+
+    def open_stream(self, url: str, buffer_size: int = 1 << 20) -> IO[bytes]:
+        """A buffered stream that survives transient errors mid-read: a failed read is
+        retried on a reopened file at the same offset (a range request on object stores).
+        Missing or forbidden files raise at once."""
+        return io.BufferedReader(_ResumingReader(self, url), buffer_size=buffer_size)
 
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8-sig")
@@ -183,6 +190,40 @@ class Storage:
             os.makedirs(spool, exist_ok=True)
             return spool
         return tempfile.gettempdir()
+
+
+class _ResumingReader(io.RawIOBase):
+    def __init__(self, storage: Storage, url: str):
+        self.storage, self.url, self.pos = storage, url, 0
+        self.fh = storage.open_read(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        for attempt in range(self.storage.attempts):
+            try:
+                data = self.fh.read(len(buffer))
+                break
+            except _PERMANENT:
+                raise
+            except Exception as exc:
+                if attempt == self.storage.attempts - 1:
+                    raise StorageError(f"read {self.url} at byte {self.pos}: {type(exc).__name__}: {exc}") from exc
+                time.sleep(self.storage.base_delay * (2**attempt) * (0.5 + random.random()))
+                with contextlib.suppress(Exception):
+                    self.fh.close()
+                self.fh = self.storage.open_read(self.url)
+                self.fh.seek(self.pos)
+        n = len(data)
+        buffer[:n] = data
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.fh.close()
+        super().close()
 
 
 def _unlink_quietly(path: str) -> None:
