@@ -217,6 +217,7 @@ def _run_leased(prep: Prepared) -> int:
         decode_cpus=config.decode_cpus,
         inflight_limit=config.inflight_limit,
         max_attempts=config.max_attempts,
+        unit_timeout_s=config.unit_timeout_s,
         filter_spec=config.filter,
         filter_rule=config.filter_rule,
         sample_rate=prep.info.sample_rate,

@@ -38,6 +38,7 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs")
     p.add_argument("--max-inflight", type=int, help="work units in flight at once")
     p.add_argument("--max-attempts", type=int, help="attempts per shard before it is reported failed")
+    p.add_argument("--unit-timeout-s", type=float, help="cancel and retry a unit in flight longer than this")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
     p.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")

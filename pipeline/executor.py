@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
@@ -71,6 +71,7 @@ class ExecutionSettings:
     max_attempts: int
     filter_spec: str | None = None
     filter_rule: str = "best>=0.5"
+    unit_timeout_s: float = 1800.0
     sample_rate: int = 16000
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -182,6 +183,7 @@ def run_units(
 
     pending = deque((unit, 1) for unit in units)
     inflight: dict[ray.ObjectRef, tuple[WorkUnit, int, int]] = {}  # -> unit, attempt, actor
+    submitted: dict[ray.ObjectRef, float] = {}
     next_actor = 0
     try:
         while pending or inflight:
@@ -194,15 +196,29 @@ def run_units(
                 captions_ref = actors[actor_index].caption.remote(batch_ref)
                 write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
                 inflight[write_ref] = (unit, attempt, actor_index)
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in done:
+                submitted[write_ref] = time.monotonic()
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            # A unit stuck past its deadline (e.g. waiting on objects lost with a node that
+            # Ray keeps trying to reconstruct) is cancelled and counts as a failed attempt.
+            now = time.monotonic()
+            stuck = [r for r in inflight if r not in done and now - submitted[r] > settings.unit_timeout_s]
+            for ref in stuck:
+                ray.cancel(ref, force=False, recursive=True)
+                # A captioner stuck in a call cannot be cancelled: restart its actor (the
+                # units queued behind it fail over and are retried).
+                ray.kill(actors[inflight[ref][2]], no_restart=False)
+            for ref in [*done, *stuck]:
                 unit, attempt, actor_index = inflight.pop(ref)
+                submitted.pop(ref, None)
                 try:
+                    if ref in stuck:
+                        raise TimeoutError(f"unit did not finish within {settings.unit_timeout_s:g} s")
                     stats = ray.get(ref)
                 except Exception as exc:
                     reason = _describe_error(exc)
-                    if isinstance(exc, RayActorError) or (
-                        isinstance(exc, RayTaskError) and isinstance(exc.cause, RayActorError)
+                    actor_trouble = (RayActorError, ActorUnavailableError, TimeoutError)
+                    if isinstance(exc, actor_trouble) or (
+                        isinstance(exc, RayTaskError) and isinstance(exc.cause, actor_trouble)
                     ):
                         recover(actor_index)
                     if attempt < settings.max_attempts:

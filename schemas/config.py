@@ -21,6 +21,7 @@ EXECUTION_FIELDS = frozenset(
         "ray_address",
         "max_inflight",
         "max_attempts",
+        "unit_timeout_s",
         "overwrite",
         "progress",
         "storage_options",
@@ -70,6 +71,7 @@ class CaptionConfig:
     files_per_shard: int = 256
     max_inflight: int | None = None
     max_attempts: int = 3
+    unit_timeout_s: float = 1800.0  # a unit in flight longer is cancelled and retried
     seed: int = 0
     overwrite: bool = False
     progress: bool = True

@@ -56,3 +56,12 @@ class DieOnceTemplate(_Plugin):
         if calls == int(self.config.get("die_at", 1)):
             os._exit(1)
         return super().__call__(batch)
+
+
+class HangTemplate(_Plugin):
+    """Never returns on a batch that holds a clip whose key contains ``hang``."""
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        if any(self.config["hang"] in key for key in batch.keys):
+            time.sleep(3600)
+        return super().__call__(batch)

@@ -82,3 +82,24 @@ def test_poison_shard_fails_after_bounded_attempts_and_the_rest_finish(sample_in
     assert "poisoned batch" in o.manifest["failed_shards"]["000002"]
     assert not (out / "000002.tar").exists()
     assert json.loads((out / "sizes.json").read_text()) == {"000000.tar": 6, "000001.tar": 6, "000003.tar": 6}
+
+
+def test_a_hanging_unit_is_cancelled_after_its_deadline_and_the_rest_finish(ray_local, sample_input, tmp_path):
+    import tarfile
+
+    with tarfile.open(sample_input.shards.replace("{000000..000003}", "000001")) as tar:
+        first_key = tar.getmembers()[0].name.split(".")[0]
+    out = tmp_path / "out"
+    cfg = _config(
+        sample_input,
+        out,
+        captioner="tests.plugins:HangTemplate",
+        captioner_options={"hang": first_key},
+        max_attempts=2,
+        unit_timeout_s=15.0,
+        actors=2,
+    )
+    assert run_caption(cfg) == 1
+    o = read_output(str(out))
+    assert sorted(o.stats) == ["000000", "000002", "000003"]
+    assert "did not finish within 15 s" in o.manifest["failed_shards"]["000001"]
