@@ -22,13 +22,11 @@ audio shard's, shard by shard, and audio samples it does not hold are skipped.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +48,7 @@ from tagcap.workers.models.clap import (
 )
 from tagcap.workers.storage import Storage
 from tagcap.workers.train_captioner import lr_factor
+from tagcap.workers.training_state import TrainingState
 
 
 @dataclass
@@ -184,15 +183,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     else:
         device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    state_url = join_url(cfg.out, "state.json")
-    resumed = storage.exists(state_url)
+    state = TrainingState(cfg.out, storage)
+    resumed = state.resumable()
     if resumed:
         model, _ = load_clap(cfg.out, storage, device)
         model.train()
-        start = int(json.loads(storage.read_bytes(state_url))["step"])
     else:
         model = build_model(cfg).to(device)
-        start = 0
     if world > 1:  # every rank starts from rank 0's weights
         for p in model.parameters():
             dist.broadcast(p.data, 0)
@@ -202,20 +199,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainable = [p for p in core.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    if resumed:
-        blob = torch.load(io.BytesIO(storage.read_bytes(join_url(cfg.out, "optimizer.pt"))), weights_only=True)
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
-
-    metrics: list[str] = []
-    metrics_url = join_url(cfg.out, "metrics.jsonl")
-    if resumed and storage.exists(metrics_url):
-        metrics = storage.read_text(metrics_url).splitlines()
+    start = state.restore(opt, sched) if resumed else 0
 
     def log(record: dict[str, Any]) -> None:
-        if rank == 0:
-            metrics.append(json.dumps(record, sort_keys=True))
-            storage.publish_bytes(("\n".join(metrics) + "\n").encode(), metrics_url)
+        if rank == 0:  # one writer
+            state.log(record)
 
     if resumed:
         log({"event": "resume", "step": start})
@@ -263,10 +251,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         del batches, loader
         if rank == 0:
             save_clap(cfg.out, core, storage)
-            buf = io.BytesIO()
-            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buf)
-            storage.publish_bytes(buf.getvalue(), join_url(cfg.out, "optimizer.pt"))
-            storage.publish_bytes(json.dumps({"step": step, "config": asdict(cfg)}, default=str).encode(), state_url)
+            state.save(opt, sched, step, cfg)
         if world > 1:
             dist.barrier()
     bar.close()

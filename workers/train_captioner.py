@@ -10,12 +10,10 @@ uninterrupted run would have seen. Metrics go to ``out/metrics.jsonl``.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,12 +21,12 @@ import sacrebleu
 import torch
 from tqdm import tqdm
 
-from tagcap.schemas.layout import join_url
 from tagcap.workers.datasets import AudioTextExample, example_stream, read_captions
 from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
 from tagcap.workers.models.vocab import PAD, TagVocabulary, Vocabulary
 from tagcap.workers.storage import Storage
+from tagcap.workers.training_state import TrainingState
 
 
 @dataclass
@@ -148,25 +146,19 @@ def train_captioner(cfg: TrainConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage_options)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
-    state_url = join_url(cfg.out, "state.json")
-    resumed = storage.exists(state_url)
+    state = TrainingState(cfg.out, storage)
+    resumed = state.resumable()
     if resumed:
         ckpt = load_captioner(cfg.out, storage, device)
         model, vocab, tags = ckpt.model, ckpt.vocab, ckpt.tags
-        state = json.loads(storage.read_bytes(state_url))
-        start = int(state["step"])
     else:
         vocab, tags = build_vocabularies(cfg, storage)
         model_cfg = CaptionerConfig.from_dict({**cfg.model, "vocab_size": len(vocab), "n_tags": len(tags)})
         model = TagGuidedCaptioner(model_cfg).to(device)
-        start = 0
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    if resumed:
-        blob = torch.load(io.BytesIO(storage.read_bytes(join_url(cfg.out, "optimizer.pt"))), weights_only=True)
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
+    start = state.restore(opt, sched) if resumed else 0
 
     stream = example_stream(
         cfg.train,
@@ -180,21 +172,11 @@ def train_captioner(cfg: TrainConfig) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0
     )
-    metrics_lines: list[str] = []
-    metrics_url = join_url(cfg.out, "metrics.jsonl")
-    if resumed and storage.exists(metrics_url):
-        metrics_lines = storage.read_text(metrics_url).splitlines()
-
-    def log(record: dict[str, Any]) -> None:
-        metrics_lines.append(json.dumps(record, sort_keys=True))
-        storage.publish_bytes(("\n".join(metrics_lines) + "\n").encode(), metrics_url)
+    log = state.log
 
     def checkpoint(step: int) -> None:
         save_captioner(cfg.out, model, vocab, tags, storage)
-        buf = io.BytesIO()
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buf)
-        storage.publish_bytes(buf.getvalue(), join_url(cfg.out, "optimizer.pt"))
-        storage.publish_bytes(json.dumps({"step": step, "config": asdict(cfg)}, default=str).encode(), state_url)
+        state.save(opt, sched, step, cfg)
 
     if resumed:
         log({"event": "resume", "step": start})
