@@ -210,3 +210,40 @@ def test_full_disk_publishes_nothing_partial(ray_local, tmp_path):
         assert not glob.glob(str(out / ".tmp" / "*"))  # spooled partial tars removed
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
+    """A two-node cluster on one machine (the worker node on 127.0.0.2, so the driver
+    attaches to the head) loses its worker node mid-run: the job finishes on the head with
+    the bytes of an undisturbed run."""
+    from ray.cluster_utils import Cluster
+
+    from tagcap.pipeline.caption import run_caption
+    from tagcap.schemas.config import CaptionConfig
+    from tests.helpers import tar_digests
+
+    ref = tmp_path / "ref"
+    assert run_caption(CaptionConfig(
+        input=[slow_sample.shards], segments=[slow_sample.segments], labels=slow_sample.labels, output=str(ref),
+        captioner="tests.plugins:SlowTemplate", captioner_options={"sleep": 0}, progress=False,
+    )) == 0
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
+    try:
+        out = tmp_path / "out"
+        config, env = _slow_config(tmp_path, out, slow_sample, sleep=0.7)
+        proc = subprocess.Popen(
+            tagcap_cmd("caption", "--config", str(config), "--ray-address", cluster.address,
+                       "--unit-timeout-s", "60"),
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
+        cluster.remove_node(worker)
+        removed_at = len(glob.glob(str(out / "*.stats.json")))
+        assert proc.wait(timeout=240) == 0, proc.stderr.read().decode()[-3000:]
+        assert removed_at < 6  # the node went away mid-run
+        assert tar_digests(str(out)) == tar_digests(str(ref))
+        check_output(str(out), expected_inputs=12)
+    finally:
+        cluster.shutdown()
