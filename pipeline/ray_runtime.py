@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
+from ray._private import ray_constants
 
 
 @contextmanager
@@ -27,9 +28,13 @@ def ray_session(
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # Ray listened on every interface on Linux unless this is set, even with the node
-        # address pinned to loopback (measured with Ray 2.60).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray listened on every interface on Linux unless this is off, even with the node
+        # address pinned to loopback (measured with Ray 2.60). Ray reads it into a
+        # constant when first imported, which has happened by now: set both, the variable
+        # for the processes ray.init starts and the constant for this one. Only here, for
+        # the embedded Ray: a driver joining a real cluster must be reachable from it.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(
             address="local",  # a new embedded instance even where a `ray start` cluster runs
             num_cpus=num_cpus,

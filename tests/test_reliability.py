@@ -223,20 +223,35 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
     from tests.helpers import tar_digests
 
     ref = tmp_path / "ref"
-    assert run_caption(CaptionConfig(
-        input=[slow_sample.shards], segments=[slow_sample.segments], labels=slow_sample.labels, output=str(ref),
-        captioner="tests.plugins:SlowTemplate", captioner_options={"sleep": 0}, progress=False,
-    )) == 0
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    assert (
+        run_caption(
+            CaptionConfig(
+                input=[slow_sample.shards],
+                segments=[slow_sample.segments],
+                labels=slow_sample.labels,
+                output=str(ref),
+                captioner="tests.plugins:SlowTemplate",
+                captioner_options={"sleep": 0},
+                progress=False,
+            )
+        )
+        == 0
+    )
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
     worker = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
     try:
         out = tmp_path / "out"
         config, env = _slow_config(tmp_path, out, slow_sample, sleep=0.7)
         proc = subprocess.Popen(
-            tagcap_cmd("caption", "--config", str(config), "--ray-address", cluster.address,
-                       "--unit-timeout-s", "60"),
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            tagcap_cmd("caption", "--config", str(config), "--ray-address", cluster.address, "--unit-timeout-s", "60"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
         cluster.remove_node(worker)
