@@ -200,11 +200,11 @@ def train_captioner(cfg: TrainConfig) -> dict[str, Any]:
         if done % cfg.log_every == 0 or done == cfg.steps:
             last = {
                 "step": done,
-                "loss": round(float(loss), 5),
+                "loss": round(loss.item(), 5),
                 "lr": sched.get_last_lr()[0],
                 "seconds": round(time.time() - t0, 2),
             }
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             log(last)
         if cfg.val and (done % cfg.eval_every == 0 or done == cfg.steps):
             scores = evaluate(model, vocab, tags, cfg.val, cfg.batch_size, cfg.eval_beam_size, device, storage)
