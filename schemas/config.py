@@ -8,7 +8,7 @@ root is refused unless ``--overwrite``) and those that only change how fast it r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Fields that do not change output bytes: resuming with other values is allowed.
@@ -111,7 +111,3 @@ class CaptionConfig:
 
     def identity_fields(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS and k != "output"}
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import psutil
 import pyarrow.parquet as pq
 import webdataset as wds
+import yaml
 
 from tagcap.schemas.keys import parse_key
 
@@ -184,3 +185,26 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
                 p.kill()
         psutil.wait_procs(procs, timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str, dict[str, str]]:
+    """A `tagcap caption --config` file for the sample with the slowed-down template
+    captioner, and an environment that sets how slow (TAGCAP_TEST_SLEEP does not change the
+    run's identity, so reruns without it resume the same run)."""
+    path = tmp_path / f"{os.path.basename(str(out))}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": sample.shards,
+                "segments": sample.segments,
+                "labels": sample.labels,
+                "output": str(out),
+                "captioner": "tests.plugins:SlowTemplate",
+                "captioner_options": {"sleep": 0},
+                "num_cpus": 2,
+                "object_store_memory": 80 * 1024 * 1024,
+                "progress": False,
+            }
+        )
+    )
+    return str(path), {**cli_env(), "TAGCAP_TEST_SLEEP": str(sleep)}

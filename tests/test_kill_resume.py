@@ -9,12 +9,11 @@ import tarfile
 import time
 
 import psutil
-import yaml
 
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.config import CaptionConfig
-from tests.helpers import check_output, cli_env, tagcap_cmd, tar_digests
+from tests.helpers import check_output, cli_env, slow_caption_config, tagcap_cmd, tar_digests
 
 SHARDS = 8
 
@@ -53,32 +52,16 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
     assert run_caption(ref_cfg) == 0
 
     out = tmp_path / "out"
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "input": sample.shards,
-                "segments": sample.segments,
-                "labels": sample.labels,
-                "output": str(out),
-                "captioner": "tests.plugins:SlowTemplate",
-                "captioner_options": {"sleep": 0.0},
-                "num_cpus": 2,
-                "object_store_memory": 80 * 1024 * 1024,
-                "progress": False,
-            }
-        )
-    )
+    config, slow_env = slow_caption_config(tmp_path, out, sample, sleep=0.6)
     kills = 0
     ray_before = _ray_pids()
     # Killed at random moments (some before Ray is even up, some mid-shard), each time
     # after the previous kill's rerun made some progress or none.
     rng = random.Random(20261125)
     for delay in [rng.uniform(0.5, 6.0) for _ in range(4)]:
-        # TAGCAP_TEST_SLEEP slows the captioner without changing the run's identity.
         proc = subprocess.Popen(
             tagcap_cmd("caption", "--config", str(config)),
-            env={**cli_env(), "TAGCAP_TEST_SLEEP": "0.6"},
+            env=slow_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,

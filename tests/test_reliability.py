@@ -11,33 +11,12 @@ import time
 
 import psutil
 import pytest
-import yaml
 
 from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.layout import OutputLayout
 from tagcap.workers.storage import Storage
-from tests.helpers import check_output, cli_env, tagcap_cmd
-
-
-def _slow_config(tmp_path, out, sample, sleep=0.5):
-    path = tmp_path / f"{os.path.basename(str(out))}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "input": sample.shards,
-                "segments": sample.segments,
-                "labels": sample.labels,
-                "output": str(out),
-                "captioner": "tests.plugins:SlowTemplate",
-                "captioner_options": {"sleep": 0},
-                "num_cpus": 2,
-                "object_store_memory": 80 * 1024 * 1024,
-                "progress": False,
-            }
-        )
-    )
-    return path, {**cli_env(), "TAGCAP_TEST_SLEEP": str(sleep)}
+from tests.helpers import check_output, cli_env, slow_caption_config, tagcap_cmd
 
 
 def _wait_for(predicate, timeout=90.0):
@@ -56,7 +35,7 @@ def slow_sample(tmp_path_factory):
 
 def test_second_run_on_the_same_output_refuses_until_the_first_is_gone(slow_sample, tmp_path):
     out = tmp_path / "out"
-    config, env = _slow_config(tmp_path, out, slow_sample)
+    config, env = slow_caption_config(tmp_path, out, slow_sample)
     first = subprocess.Popen(
         tagcap_cmd("caption", "--config", str(config)),
         env=env,
@@ -108,7 +87,7 @@ def _loopback(addr: str) -> bool:
 
 def test_embedded_ray_listens_on_loopback_only(slow_sample, tmp_path):
     out = tmp_path / "out"
-    config, env = _slow_config(tmp_path, out, slow_sample, sleep=1.0)
+    config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=1.0)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # tagcap must pin loopback by itself
     proc = subprocess.Popen(
         tagcap_cmd("caption", "--config", str(config)),
@@ -251,7 +230,7 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
     worker = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
     try:
         out = tmp_path / "out"
-        config, env = _slow_config(tmp_path, out, slow_sample, sleep=0.7)
+        config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=0.7)
         proc = subprocess.Popen(
             tagcap_cmd("caption", "--config", str(config), "--ray-address", cluster.address, "--unit-timeout-s", "60"),
             env=env,

@@ -181,14 +181,14 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.retry(lambda: fs.rm_file(path), f"remove {url}")
 
-    def spool_dir(self, output_root: str) -> str:
-        """A local folder for files being written before publish: under the output root
-        when it is local (so publish is a rename), else the system temp folder."""
-        fs, path = self.fs(output_root)
+    def spool_dir(self, spool_url: str) -> str:
+        """A local folder for files being written before publish: ``spool_url`` itself when
+        it is local (inside the output root, so publish is a rename), else the system temp
+        folder."""
+        fs, path = self.fs(spool_url)
         if self.is_local(fs):
-            spool = os.path.join(path, ".tmp")
-            os.makedirs(spool, exist_ok=True)
-            return spool
+            os.makedirs(path, exist_ok=True)
+            return path
         return tempfile.gettempdir()
 
 

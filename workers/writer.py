@@ -78,7 +78,7 @@ def write_shard(
     errors: list[ErrorRecord] = list(payload.errors)
     index_rows: list[dict[str, Any]] = []
 
-    spool = storage.spool_dir(layout.root)
+    spool = storage.spool_dir(layout.tmp_dir)
     fd, tmp_tar = tempfile.mkstemp(prefix=f"{shard}.", suffix=".tar.part", dir=spool)
     try:
         with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
