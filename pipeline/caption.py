@@ -220,7 +220,6 @@ def _run_leased(prep: Prepared) -> int:
         unit_timeout_s=config.unit_timeout_s,
         filter_spec=config.filter,
         filter_rule=config.filter_rule,
-        sample_rate=prep.info.sample_rate,
         storage_options=config.storage_options,
     )
     decode = DecodeSpec(

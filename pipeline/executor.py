@@ -72,7 +72,6 @@ class ExecutionSettings:
     filter_spec: str | None = None
     filter_rule: str = "best>=0.5"
     unit_timeout_s: float = 1800.0
-    sample_rate: int = 16000
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +82,6 @@ class CaptionActor:
     def __init__(self, settings: ExecutionSettings):
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
         self.batch_size = settings.batch_size
-        self.sample_rate = settings.sample_rate
         self.filter = None
         if settings.filter_spec:
             from tagcap.workers.filters import ClapFilter
@@ -101,7 +99,7 @@ class CaptionActor:
         for start in range(0, len(batch), self.batch_size):
             part = batch.slice(start, start + self.batch_size)
             filtered.extend(
-                self.filter.apply(results[start : start + len(part)], part.waveforms, self.sample_rate, part.tags)
+                self.filter.apply(results[start : start + len(part)], part.waveforms, part.sample_rate, part.tags)
             )
         return filtered
 

@@ -60,9 +60,17 @@ class SampleMeta:
 
 @dataclass
 class ModelBatch:
-    """Captioner input for one unit: rows of ``waveforms`` align with ``tags``/``mids``."""
+    """Captioner input for one unit: rows of ``waveforms`` align with ``tags``/``mids``.
 
-    waveforms: np.ndarray  # (n, clip_samples) float32
+    The audio travels as 16-bit PCM at ``sample_rate``, the rate most of the unit's clips
+    already have, cropped or padded to the captioner's clip length at that rate: half the
+    bytes of float32 through the object store, and the resampling to the model's rate
+    happens where the model is (on its GPU, see ``workers.audio.model_waveforms``)
+    instead of costing every decode core a few milliseconds per clip.
+    """
+
+    waveforms: np.ndarray  # (n, samples) int16 PCM, or float32 in [-1, 1]
+    sample_rate: int
     tags: list[list[str]]
     mids: list[list[str]]
     keys: list[str]
@@ -72,7 +80,11 @@ class ModelBatch:
 
     def slice(self, start: int, stop: int) -> ModelBatch:
         return ModelBatch(
-            self.waveforms[start:stop], self.tags[start:stop], self.mids[start:stop], self.keys[start:stop]
+            self.waveforms[start:stop],
+            self.sample_rate,
+            self.tags[start:stop],
+            self.mids[start:stop],
+            self.keys[start:stop],
         )
 
 

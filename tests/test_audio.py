@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
-from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, resample
+from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, model_waveforms, resample, to_pcm16
 from tests.builders import encode, tone
 
 SPEC = DecodeSpec(
@@ -63,6 +64,29 @@ def test_resample_and_fit_length():
     assert fit_length(y, 8000).shape == (8000,)
     padded = fit_length(y, 20000)
     assert padded.shape == (20000,) and not padded[16000:].any()
+
+
+def test_model_waveforms_match_the_cpu_path_from_pcm16():
+    """The batched (device) path: int16 at the clip's rate in, float32 at the model's
+    rate out, equal to resampling each float clip on its own."""
+    rng = np.random.default_rng(1)
+    clips = [tone(0.5, 48000, freq=f) * 0.8 + rng.standard_normal(24000).astype(np.float32) * 0.01 for f in (300, 2000)]
+    pcm = np.stack([to_pcm16(c) for c in clips])
+    assert pcm.dtype == np.int16 and np.abs(pcm.astype(np.float32) / 32768 - np.stack(clips)).max() < 1e-4
+    out = model_waveforms(pcm, 48000, 16000, 10000, "cpu")
+    assert out.dtype == torch.float32 and tuple(out.shape) == (2, 10000)  # padded past 8000
+    for row, clip in zip(out.numpy(), clips, strict=True):
+        ref = fit_length(resample(pcm_round(clip), 48000, 16000), 10000)
+        assert np.abs(row - ref).max() < 1e-5
+        assert not row[8000:].any()
+    assert tuple(model_waveforms(pcm, 48000, 16000, 4000, "cpu").shape) == (2, 4000)
+    same = model_waveforms(pcm[:, :100].astype(np.float32) / 32768, 48000, 48000, 100, "cpu")
+    assert np.array_equal(same.numpy(), pcm[:, :100] / np.float32(32768))
+    assert to_pcm16(np.array([2.0, -2.0, 0.5], np.float32)).tolist() == [32767, -32767, 16384]
+
+
+def pcm_round(x: np.ndarray) -> np.ndarray:
+    return to_pcm16(x).astype(np.float32) / 32768
 
 
 def test_flac_encode_is_deterministic_and_lossless_at_16_bit():

@@ -90,7 +90,8 @@ def test_describe_and_prompt(tiny_whisper):
     prompt = cap.prompt(["Sine wave", "Beep, bleep"])
     assert prompt[0] == 1 and cap.tokenizer.decode(prompt[1:]) == "sine wave , beep , bleep :"
     batch = ModelBatch(
-        np.random.default_rng(0).standard_normal((3, 64000)).astype(np.float32) * 0.1,
+        (np.random.default_rng(0).standard_normal((3, 4 * 48000)) * 3000).astype(np.int16),
+        48000,
         [["Sine wave"], ["White noise", "Tick"], ["Chirp tone"]],
         [[], [], []],
         ["a", "b", "c"],

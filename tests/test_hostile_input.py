@@ -109,3 +109,24 @@ def test_hostile_tars_give_one_row_per_sample_and_write_only_under_out(items, cu
 def test_malformed_segment_csv_rows_never_raise(lines):
     table, report = parse_segments("\n".join(lines))
     assert table.num_rows == report.segments
+
+
+def test_a_unit_travels_as_pcm16_at_its_most_common_rate(tmp_path):
+    """Clips at 48 kHz and one at 22.05 kHz: the batch is int16 at 48 kHz, the odd clip
+    resampled to it, every row covering the captioner's clip length at that rate."""
+    items = [
+        (f"Y{YTIDS[0]}_0", 48000, 0.5),
+        (f"Y{YTIDS[1]}_0", 22050, 0.25),
+        (f"Y{YTIDS[2]}_0", 48000, 2.0),
+    ]
+    raw = _tar([(name, "wav", _wav(rate, seconds, 0.5), None) for name, rate, seconds in items])
+    (tmp_path / "in.tar").write_bytes(raw)
+    batch, payload = prepare_unit(
+        WorkUnit(0, "000000", "tar", (str(tmp_path / "in.tar"),)), SPEC, SEGMENTS, LABELS, Storage()
+    )
+    assert len(payload.samples) == 3 and not payload.errors
+    assert batch.sample_rate == 48000 and batch.waveforms.dtype == np.int16
+    assert batch.waveforms.shape == (3, 48000)  # SPEC: 1 s at the model's 16 kHz
+    held = (batch.waveforms != 0).sum(axis=1)
+    assert abs(held[0] - 24000) <= 1 and abs(held[1] - 12000) <= 40 and held[2] == 48000
+    assert abs(int(batch.waveforms[0, 100]) - 16384) <= 1  # 0.5 full scale

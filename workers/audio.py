@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as taf
+import torchaudio.transforms as taf_module
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
@@ -78,6 +79,39 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
         return samples
     out = taf.resample(torch.from_numpy(samples), orig_rate, new_rate)
     return out.numpy().astype(np.float32, copy=False)
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float in [-1, 1] to 16-bit PCM (clipped: louder float audio saturates)."""
+    return np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int, device: str) -> taf_module.Resample:
+    # The windowed-sinc kernel is built once per rate pair and device, not per batch.
+    return taf_module.Resample(orig_rate, new_rate).to(device)
+
+
+def model_waveforms(
+    waveforms: np.ndarray, sample_rate: int, model_rate: int, length: int, device: torch.device | str
+) -> torch.Tensor:
+    """A batch of model input on ``device``: (n, length) float32 at ``model_rate``.
+
+    ``waveforms`` is what a :class:`~tagcap.schemas.work.ModelBatch` carries (int16 PCM
+    or float32, at ``sample_rate``). Conversion and resampling run on ``device``: on a
+    GPU that costs microseconds per clip, where a CPU resampler costs milliseconds.
+    """
+    device = torch.device(device)
+    x = torch.from_numpy(np.ascontiguousarray(waveforms))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.to(device)
+    x = x.float() / 32768.0 if x.dtype == torch.int16 else x.float()
+    if sample_rate != model_rate and x.shape[0]:
+        x = _resampler(sample_rate, model_rate, str(device))(x)
+    if x.shape[1] >= length:
+        return x[:, :length].contiguous()
+    return torch.nn.functional.pad(x, (0, length - x.shape[1]))
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tagcap.schemas.work import CaptionResult
-from tagcap.workers.audio import fit_length, resample
+from tagcap.workers.audio import model_waveforms
 from tagcap.workers.models.clap import load_clap, load_clap_sha
 from tagcap.workers.storage import Storage
 
@@ -78,9 +78,8 @@ class ClapFilter:
     def scores(self, waveforms: np.ndarray, sample_rate: int, texts: list[list[str]]) -> list[list[float]]:
         """Cosine similarity of each clip to each of its texts."""
         rate = self.model.cfg.frontend.sample_rate
-        n = self.model.clip_samples
-        batch = np.stack([fit_length(resample(w, sample_rate, rate), n) for w in waveforms])
-        audio = self.model.embed_audio(torch.from_numpy(batch).to(self.device)).float()
+        batch = model_waveforms(waveforms, sample_rate, rate, self.model.clip_samples, self.device)
+        audio = self.model.embed_audio(batch).float()
         flat = [t for row in texts for t in row]
         text = self.model.embed_text(flat).float() if flat else torch.zeros(0, audio.shape[1])
         out, k = [], 0

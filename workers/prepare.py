@@ -8,6 +8,8 @@ falls out becomes exactly one :class:`ErrorRecord`, in input order.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,16 @@ from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.keys import ClipId, clip_id_from_json, make_key, parse_clip_name
 from tagcap.schemas.records import ErrorReason, ErrorRecord
 from tagcap.schemas.work import DecodeSpec, ModelBatch, SampleMeta, UnitPayload, WorkUnit
-from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, limit_torch_threads, resample
+from tagcap.workers.audio import (
+    AudioError,
+    DecodedClip,
+    decode_clip,
+    encode_flac,
+    fit_length,
+    limit_torch_threads,
+    resample,
+    to_pcm16,
+)
 from tagcap.workers.readers import RawSample, read_unit
 from tagcap.workers.storage import Storage
 
@@ -63,6 +74,31 @@ def _clip_id(raw: RawSample, max_json_bytes: int) -> ClipId:
         raise _SampleError(ErrorReason.BAD_NAME, str(exc)) from None
 
 
+def _native_length(spec: DecodeSpec, rate: int) -> int:
+    """Samples at ``rate`` that cover the captioner's clip (it crops after resampling)."""
+    return math.ceil(spec.clip_samples * rate / spec.sample_rate)
+
+
+def _clip_pcm(clip: DecodedClip, spec: DecodeSpec) -> tuple[int, np.ndarray]:
+    # Kept as int16 right away: a unit's float32 clips at 48 kHz would hold 2 MB each.
+    return clip.sample_rate, to_pcm16(fit_length(clip.samples, _native_length(spec, clip.sample_rate)))
+
+
+def _transport_pcm(clips: list[tuple[int, np.ndarray]], spec: DecodeSpec) -> tuple[int, np.ndarray]:
+    """The unit's clips as one int16 array at the rate most of them have; the few at
+    another rate are resampled to it here."""
+    if not clips:
+        return spec.sample_rate, np.zeros((0, spec.clip_samples), np.int16)
+    rate = Counter(r for r, _ in clips).most_common(1)[0][0]
+    length = _native_length(spec, rate)
+    out = np.empty((len(clips), length), np.int16)
+    for row, (clip_rate, pcm) in enumerate(clips):
+        if clip_rate != rate:
+            pcm = to_pcm16(fit_length(resample(pcm.astype(np.float32) / 32768.0, clip_rate, rate), length))
+        out[row] = pcm
+    return rate, out
+
+
 def prepare_unit(
     unit: WorkUnit,
     spec: DecodeSpec,
@@ -96,7 +132,7 @@ def prepare_unit(
     flac_rate = int(audio_mode.split(":", 1)[1]) if audio_mode.startswith("flac:") else None
     metas: list[SampleMeta] = []
     stored: list[bytes] = []
-    waves: list[np.ndarray] = []
+    clips: list[tuple[int, np.ndarray]] = []
     seen_keys: set[str] = set()
     for item in pending:
         source = item.raw.source
@@ -126,7 +162,7 @@ def prepare_unit(
         except AudioError as exc:
             _fail(errors, key, source, "decode", exc.reason, exc.detail)
             continue
-        waves.append(fit_length(resample(clip.samples, clip.sample_rate, spec.sample_rate), spec.clip_samples))
+        clips.append(_clip_pcm(clip, spec))
         if flac_rate is not None:
             stored.append(encode_flac(resample(clip.samples, clip.sample_rate, flac_rate), flac_rate))
             ext = "flac"
@@ -149,9 +185,10 @@ def prepare_unit(
             )
         )
 
-    wave_array = np.stack(waves) if waves else np.zeros((0, spec.clip_samples), np.float32)
+    rate, wave_array = _transport_pcm(clips, spec)
     batch = ModelBatch(
         waveforms=wave_array,
+        sample_rate=rate,
         tags=[list(m.tags) for m in metas],
         mids=[list(m.mids) for m in metas],
         keys=[m.key for m in metas],

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
 from tagcap.workers.storage import Storage
@@ -64,7 +65,9 @@ class BlatCaptioner:
 
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
         model, vocab = self.ckpt.model, self.ckpt.vocab
-        wave = torch.from_numpy(batch.waveforms).to(self.device, non_blocking=True)
+        wave = model_waveforms(
+            batch.waveforms, batch.sample_rate, self.info.sample_rate, self.info.clip_samples, self.device
+        )
         tag_idx = [self.ckpt.tags.indices(m) for m in batch.mids]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = model.generate(

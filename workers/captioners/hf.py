@@ -24,6 +24,7 @@ import torch
 
 from tagcap.schemas.layout import join_url
 from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.storage import Storage
 
@@ -100,8 +101,12 @@ class HFCaptioner:
 
     @torch.no_grad()
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        # The feature extractor works on NumPy: resample where the model is, then hand it over.
+        waves = model_waveforms(
+            batch.waveforms, batch.sample_rate, self.info.sample_rate, self.info.clip_samples, self.device
+        )
         feats = self.features(
-            list(batch.waveforms), sampling_rate=self.info.sample_rate, return_tensors="pt"
+            list(waves.cpu().numpy()), sampling_rate=self.info.sample_rate, return_tensors="pt"
         ).input_features.to(self.device, self.model.dtype)
         prompts = [self.prompt(t) for t in batch.tags]
         results: list[CaptionResult | None] = [None] * len(prompts)
