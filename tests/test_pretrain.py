@@ -5,14 +5,16 @@ import json
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tagcap.pipeline.synthetic import write_compositional_corpus
+from tagcap.workers.audio import to_pcm16
 from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, average_gradients, info_nce
-from tagcap.workers.pretrain import PairStream, PretrainConfig, parse_corpus, pretrain
+from tagcap.workers.pretrain import PairStream, PretrainConfig, _collate, parse_corpus, pretrain
 
 TINY_CLAP = {
     "clip_seconds": 1.0,
@@ -167,7 +169,7 @@ def test_sidecar_captions_replace_the_audio_shards_captions(corpus, tmp_path):
                 dst.addfile(info, io.BytesIO(blob))
     cfg = _cfg(corpus, tmp_path / "x", captions=[str(side)])
     stream = PairStream(cfg, 16000, 16000, rank=0, chunk=0)
-    texts = [t for _, (_, t) in zip(range(40), iter(stream), strict=False)]
+    texts = [t for _, (_, _, t) in zip(range(40), iter(stream), strict=False)]
     assert len(texts) == 40 and all(t.startswith("new caption Ysyn") for t in texts)
 
 
@@ -178,5 +180,14 @@ def test_weighted_corpora(tmp_path):
     cfg = _cfg(a, tmp_path / "o")
     cfg.train = [f"{a}::3", f"{b}::1"]
     stream = PairStream(cfg, 16000, 16000, rank=0, chunk=0)
-    waves = [w for _, (w, _) in zip(range(200), iter(stream), strict=False)]
+    waves = [w for _, (w, _, _) in zip(range(200), iter(stream), strict=False)]
     assert len(waves) == 200
+
+
+def test_batches_travel_as_pcm16_at_the_most_common_rate():
+    a = to_pcm16(np.full(4800, 0.5, np.float32))
+    odd = to_pcm16(np.full(1600, 0.25, np.float32))
+    batch = _collate([(a, 48000, "x"), (odd, 16000, "y"), (a, 48000, "z")])
+    assert batch.sample_rate == 48000 and batch.pcm.dtype == torch.int16 and tuple(batch.pcm.shape) == (3, 4800)
+    assert batch.texts == ["x", "y", "z"]
+    assert abs(int(batch.pcm[1, 2400]) - 8192) <= 2  # resampled, level kept

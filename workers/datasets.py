@@ -67,14 +67,22 @@ def crop(wave: np.ndarray, length: int, rng: random.Random | None) -> np.ndarray
     return out
 
 
-def decode_audio_member(sample: dict[str, Any], sample_rate: int) -> np.ndarray:
+def decode_audio_member(sample: dict[str, Any], sample_rate: int | None) -> np.ndarray:
+    """Mono float32 at ``sample_rate`` (``None``: at the file's own rate, see
+    :func:`decode_native`)."""
+    mono, rate = decode_native(sample)
+    return mono if sample_rate is None else resample(mono, rate, sample_rate)
+
+
+def decode_native(sample: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """(mono float32, rate) of the sample's audio member, at the file's own rate."""
     for ext in AUDIO_EXTENSIONS:
         if ext in sample:
             data, rate = sf.read(io.BytesIO(sample[ext]), dtype="float32", always_2d=True)
             mono = data.mean(axis=1, dtype=np.float32)
             if not np.isfinite(mono).all():
                 raise ValueError("non-finite audio")
-            return resample(mono, rate, sample_rate)
+            return mono, int(rate)
     raise KeyError(f"no audio member among {sorted(k for k in sample if not k.startswith('__'))}")
 
 

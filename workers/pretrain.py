@@ -22,9 +22,11 @@ audio shard's, shard by shard, and audio samples it does not hold are skipped.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +38,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from tagcap.schemas.layout import join_url
-from tagcap.workers.datasets import crop, decode_audio_member, expand_urls, sample_captions, sample_json, tar_samples
+from tagcap.workers.audio import fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.datasets import crop, decode_native, expand_urls, sample_captions, sample_json, tar_samples
 from tagcap.workers.models.clap import (
     ClapConfig,
     ContrastiveModel,
@@ -128,7 +131,7 @@ class PairStream(torch.utils.data.IterableDataset):
             chunk,
         )
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, str]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int, str]]:
         worker, _ = _worker_info()
         storage = Storage(self.cfg.storage_options)
         streams, weights = [], []
@@ -154,10 +157,14 @@ class PairStream(torch.utils.data.IterableDataset):
                 captions = sample_captions(sample_json(sample))
                 if not captions:
                     continue
-                wave = decode_audio_member(sample, self.sample_rate)
+                wave, rate = decode_native(sample)
             except Exception:  # a bad sample is skipped, as webdataset's warn_and_continue does
                 continue
-            yield crop(wave, self.clip_samples, rng), captions[rng.randrange(len(captions))]
+            # Cropped at the file's rate and kept as 16-bit PCM: the training step resamples
+            # the whole batch on the GPU (a CPU resampler would cost each loader worker
+            # several milliseconds per clip, the largest part of the data stall).
+            length = math.ceil(self.clip_samples * rate / self.sample_rate)
+            yield to_pcm16(crop(wave, length, rng)), rate, captions[rng.randrange(len(captions))]
 
 
 def _dist() -> tuple[int, int]:
@@ -222,19 +229,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         batches = iter(loader)
         while step < chunk_end:
             tw = time.time()
-            waves, texts = next(batches)
+            batch = next(batches)
             data_wait += time.time() - tw
-            waves = waves.to(device, non_blocking=True)
-            tokens = core.tokenize(texts, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                audio, text, scale = model(waves, tokens["input_ids"], tokens["attention_mask"])
-                loss = info_nce(audio, text, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(core)
-            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = train_step(model, core, opt, sched, batch, device, cfg.grad_clip)
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -258,5 +255,47 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     return last
 
 
-def _collate(items: list[tuple[np.ndarray, str]]) -> tuple[torch.Tensor, list[str]]:
-    return torch.from_numpy(np.stack([w for w, _ in items])), [t for _, t in items]
+@dataclass
+class PairBatch:
+    """A collated training batch: 16-bit PCM at one rate, and one caption per clip."""
+
+    pcm: torch.Tensor  # (B, samples) int16
+    sample_rate: int
+    texts: list[str]
+
+
+def _collate(items: list[tuple[np.ndarray, int, str]]) -> PairBatch:
+    """Stack at the rate most clips have; the few at another rate are resampled to it."""
+    rate = Counter(r for _, r, _ in items).most_common(1)[0][0]
+    length = max(w.shape[0] for w, r, _ in items if r == rate)
+    rows = [
+        w if r == rate else to_pcm16(fit_length(resample(w.astype(np.float32) / 32768.0, r, rate), length))
+        for w, r, _ in items
+    ]
+    return PairBatch(torch.from_numpy(np.stack(rows)), rate, [t for _, _, t in items])
+
+
+def train_step(
+    model: torch.nn.Module,
+    core: ContrastiveModel,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    batch: PairBatch,
+    device: torch.device,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimisation step on one rank; returns the loss (not synchronised)."""
+    waves = model_waveforms(
+        batch.pcm.numpy(), batch.sample_rate, core.cfg.frontend.sample_rate, core.clip_samples, device
+    )
+    tokens = core.tokenize(batch.texts, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        audio, text, scale = model(waves, tokens["input_ids"], tokens["attention_mask"])
+        loss = info_nce(audio, text, scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(core)
+    torch.nn.utils.clip_grad_norm_(core.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss
