@@ -6,7 +6,7 @@ worker without touching the driver:
     prepare task (CPU)  ->  CaptionActor.caption (GPU)  ->  write task
     read, decode, join       model batches, loaded once      tar + index + errors + stats
 
-The driver keeps at most ``inflight_limit`` units in the air (memory stays flat however
+The driver keeps a bounded number of units in the air (memory stays flat however
 large the corpus), hands units to actors round robin, and retries a unit whose chain
 failed (a task error, a dead actor, a lost node) up to ``max_attempts`` times before
 reporting the shard failed with the last error; the other shards go on.
@@ -67,8 +67,9 @@ class ExecutionSettings:
     gpus_per_actor: float
     cpus_per_actor: float
     decode_cpus: float
-    inflight_limit: int
+    max_inflight: int | None  # None: see _inflight_limit
     max_attempts: int
+    actor_threads: int = 1
     filter_spec: str | None = None
     filter_rule: str = "best>=0.5"
     unit_timeout_s: float = 1800.0
@@ -134,6 +135,17 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
     return round(capped, 4)
 
 
+def _inflight_limit(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> int:
+    """Work units in flight at once: one decoding on every CPU the actors leave free, plus
+    two queued per actor so no GPU waits for its next unit; bounded, so memory does not
+    grow with the corpus."""
+    if settings.max_inflight:
+        return settings.max_inflight
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    decoding = int(max(total - n_actors * actor_cpus, 1.0) / settings.decode_cpus)
+    return max(1, decoding) + 2 * n_actors
+
+
 def run_units(
     units: list[WorkUnit],
     settings: ExecutionSettings,
@@ -151,6 +163,7 @@ def run_units(
         return result
     n_actors = max(1, min(settings.actors, len(units)))
     actor_cpus = _actor_cpus(settings, n_actors)
+    inflight_limit = _inflight_limit(settings, n_actors, actor_cpus)
     actor_cls = ray.remote(CaptionActor).options(
         num_gpus=settings.gpus_per_actor,
         num_cpus=actor_cpus,
@@ -158,6 +171,9 @@ def run_units(
         # keeps dying on one input ends as one failed shard, not a stalled job.
         max_restarts=-1,
         max_task_retries=0,
+        # Two calls at once let one unit's host-to-GPU copy and result decoding overlap
+        # the other's model work (for captioners that say they are thread-safe).
+        max_concurrency=settings.actor_threads,
     )
 
     def new_actor():
@@ -185,7 +201,7 @@ def run_units(
     next_actor = 0
     try:
         while pending or inflight:
-            while pending and len(inflight) < settings.inflight_limit:
+            while pending and len(inflight) < inflight_limit:
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2

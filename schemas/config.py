@@ -20,6 +20,7 @@ EXECUTION_FIELDS = frozenset(
         "actors",
         "ray_address",
         "max_inflight",
+        "actor_threads",
         "max_attempts",
         "unit_timeout_s",
         "overwrite",
@@ -69,7 +70,8 @@ class CaptionConfig:
     actors: int = 1
     ray_address: str | None = None
     files_per_shard: int = 256
-    max_inflight: int | None = None
+    max_inflight: int | None = None  # default: enough to keep every decode CPU busy
+    actor_threads: int | None = None  # concurrent calls per captioner actor; default: the captioner's
     max_attempts: int = 3
     unit_timeout_s: float = 1800.0  # a unit in flight longer is cancelled and retried
     seed: int = 0
@@ -102,12 +104,6 @@ class CaptionConfig:
     @property
     def audio_mode(self) -> AudioMode:
         return AudioMode.parse(self.audio)
-
-    @property
-    def inflight_limit(self) -> int:
-        """Work units in flight at once: enough to keep every actor fed while the next unit
-        decodes, few enough that memory does not grow with the corpus."""
-        return self.max_inflight or 2 * self.actors + 2
 
     def identity_fields(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS and k != "output"}

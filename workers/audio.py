@@ -9,6 +9,7 @@ closed vocabulary in ``schemas.records``.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -102,10 +103,24 @@ def model_waveforms(
     GPU that costs microseconds per clip, where a CPU resampler costs milliseconds.
     """
     device = torch.device(device)
-    x = torch.from_numpy(np.ascontiguousarray(waveforms))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    x = x.to(device)
+    with warnings.catch_warnings():
+        # Zero-copy from Ray's object store, so read-only; nothing here writes to it.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(waveforms))
+    if device.type != "cuda":
+        return _to_model_input(x, sample_rate, model_rate, length, device)
+    # On a side stream, so that a second thread's copy overlaps this thread's model work.
+    side = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        out = _to_model_input(x.to(device, non_blocking=False), sample_rate, model_rate, length, device)
+    torch.cuda.current_stream(device).wait_stream(side)
+    out.record_stream(torch.cuda.current_stream(device))
+    return out
+
+
+def _to_model_input(
+    x: torch.Tensor, sample_rate: int, model_rate: int, length: int, device: torch.device
+) -> torch.Tensor:
     x = x.float() / 32768.0 if x.dtype == torch.int16 else x.float()
     if sample_rate != model_rate and x.shape[0]:
         x = _resampler(sample_rate, model_rate, str(device))(x)

@@ -31,6 +31,9 @@ def _params(config: dict[str, Any]) -> dict[str, Any]:
 
 class BlatCaptioner:
     name: ClassVar[str] = "blat"
+    # Thread-safe (no state changes after loading): the actor runs two calls at once so
+    # one batch's copy to the GPU and caption decoding overlap the other's model work.
+    concurrent_calls: ClassVar[int] = 2
 
     @classmethod
     def describe(cls, target: str, config: dict[str, Any]) -> CaptionerInfo:

@@ -1,0 +1,304 @@
+"""Captioning throughput: the two ceilings, the first-try baseline, and tagcap end to end.
+
+    python benchmarks/caption_bench.py --work /tmp/bench --clips 20480 all
+
+* ``ceiling``: the BLAT-size captioner (full CNN14, 2-layer d=256 decoder, beam 3, at
+  most 20 words) in a tight loop on batches already decoded, (a) model input already on
+  the GPU at 32 kHz, (b) 16-bit 48 kHz PCM from host memory, resampled on the GPU (what
+  the captioner actor does), and the levers: float32 vs bf16, batch size.
+* ``decode``: every core decoding 10 s 48 kHz FLAC, (a) as tagcap's decode tasks do
+  (decode, check, crop, 16-bit PCM), (b) also resampling to 32 kHz on the CPU.
+* ``baseline``: one process, a torch DataLoader with a worker per core decoding and
+  resampling, the same model on the GPU: what a user writes first.
+* ``e2e``: ``tagcap caption --captioner blat:...`` on the embedded Ray with every core and
+  the GPU; peak private memory of the driver and of each kind of worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (
+    RATE,
+    TreeMemory,
+    blat_checkpoint,
+    iter_clips,
+    machine,
+    make_corpus,
+    write_results,
+)
+
+from tagcap.schemas.work import DecodeSpec
+from tagcap.workers.audio import decode_clip, fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.models.checkpoint import load_captioner
+from tagcap.workers.storage import Storage
+
+MODEL_RATE = 32000
+SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 384000, 1 << 20)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# -- GPU ceiling ----------------------------------------------------------------------------
+def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_captioner(ckpt_dir, Storage(), device)
+    model = ckpt.model
+    rng = np.random.default_rng(0)
+    tags = [[int(t) for t in rng.choice(ckpt.tags.__len__(), rng.integers(1, 5), replace=False)] for _ in range(4096)]
+    out: dict[str, Any] = {"variants": []}
+
+    def run(batch: int, on_gpu: bool, bf16: bool) -> float:
+        pcm = (rng.standard_normal((batch, RATE * 10)) * 3000).astype(np.int16)
+        wave = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+        rows = tags[:batch]
+
+        def once() -> None:
+            x = wave if on_gpu else model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                model.generate(x, rows, beam_size=3, max_words=20, min_words=1)
+
+        once()
+        _sync()
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(iters):
+                once()
+            _sync()
+            rates.append(batch * iters / (time.perf_counter() - start))
+        return statistics.median(rates)
+
+    for batch in batches:
+        for on_gpu, bf16 in ((True, True), (False, True), (True, False)):
+            if not bf16 and batch != batches[-1]:
+                continue
+            rate = run(batch, on_gpu, bf16)
+            row = {"batch": batch, "input": "gpu_32k_float" if on_gpu else "host_48k_pcm16", "bf16": bf16}
+            out["variants"].append({**row, "clips_per_s": round(rate, 1)})
+            print("ceiling", row, f"{rate:.0f} clips/s", flush=True)
+    best_gpu = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "gpu_32k_float" and v["bf16"])
+    best_host = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "host_48k_pcm16")
+    out["caption_gpu_ceiling_clips_per_s"] = best_gpu
+    out["caption_gpu_ceiling_from_host_pcm_clips_per_s"] = best_host
+    # How long the captions ran: a random model rarely says <eos>, so every beam runs the
+    # full 20 words, the slowest case a trained model can reach.
+    return out
+
+
+# -- decode ceiling -------------------------------------------------------------------------
+def _decode_pcm(blob: bytes) -> int:
+    clip = decode_clip(blob, SPEC)
+    pcm = to_pcm16(fit_length(clip.samples, SPEC.clip_samples * clip.sample_rate // MODEL_RATE))
+    return pcm.shape[0]
+
+
+def _decode_resample(blob: bytes) -> int:
+    torch.set_num_threads(1)
+    clip = decode_clip(blob, SPEC)
+    return fit_length(resample(clip.samples, clip.sample_rate, MODEL_RATE), SPEC.clip_samples).shape[0]
+
+
+def decode(tars: list[str], clips: int, repeats: int, workers: int) -> dict[str, Any]:
+    blobs = [b for _, (_, b) in zip(range(clips), iter_clips(tars), strict=False)]
+    out: dict[str, Any] = {"decode_clips": len(blobs), "decode_workers": workers}
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_resample, blobs[: workers * 2]))  # warm every worker
+        for name, fn in (("pcm16", _decode_pcm), ("cpu_resample", _decode_resample)):
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                list(pool.map(fn, blobs, chunksize=8))
+                rates.append(len(blobs) / (time.perf_counter() - start))
+            out[f"decode_{name}_clips_per_s"] = round(statistics.median(rates), 1)
+            print("decode", name, out[f"decode_{name}_clips_per_s"], flush=True)
+    out["decode_ceiling_clips_per_s"] = out["decode_pcm16_clips_per_s"]
+    return out
+
+
+# -- baseline -------------------------------------------------------------------------------
+class _TarClips(torch.utils.data.IterableDataset):
+    """The loader a user writes first: each worker takes every n-th tar, decodes with
+    soundfile and resamples with torchaudio on its CPU."""
+
+    def __init__(self, tars: list[str], tags: dict[str, list[int]]):
+        self.tars, self.tags = tars, tags
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, n = (info.id, info.num_workers) if info else (0, 1)
+        torch.set_num_threads(1)
+        for path in self.tars[wid::n]:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if not member.name.endswith(".flac"):
+                        continue
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    data, rate = sf.read(io.BytesIO(fh.read()), dtype="float32")
+                    wave = fit_length(resample(data, rate, MODEL_RATE), MODEL_RATE * 10)
+                    yield torch.from_numpy(wave), member.name.split(".")[0]
+
+
+def baseline(ckpt_dir: str, tars: list[str], segments: str, workers: int, batch: int, repeats: int) -> dict[str, Any]:
+    from tagcap.schemas.audioset import SegmentTable, parse_segments
+    from tagcap.schemas.keys import parse_clip_name
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_captioner(ckpt_dir, Storage(), device)
+    with open(segments) as fh:
+        table = SegmentTable(parse_segments(fh.read())[0])
+    rates = []
+    for r in range(repeats):
+        loader = torch.utils.data.DataLoader(
+            _TarClips(tars, {}), batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda"
+        )
+        n = 0
+        captions = []
+        start = time.perf_counter()
+        for wave, keys in loader:
+            ids = [parse_clip_name(k).ytid for k in keys]
+            found = table.lookup(ids)
+            tag_idx = [ckpt.tags.indices(found[y][0].mids) for y in ids]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                gen = ckpt.model.generate(wave.to(device, non_blocking=True), tag_idx, beam_size=3, max_words=20)
+            captions.extend(ckpt.vocab.decode(h[0]) for h in gen.tokens)
+            n += len(keys)
+        rates.append(n / (time.perf_counter() - start))
+        print(f"baseline run {r}: {n} clips, {rates[-1]:.0f} clips/s", flush=True)
+    return {"baseline_clips_per_s": round(statistics.median(rates), 1), "baseline_runs": [round(x, 1) for x in rates]}
+
+
+# -- end to end -----------------------------------------------------------------------------
+def e2e(
+    ckpt_dir: str, corpus: Any, work: str, repeats: int, batch: int, actors: int, gpus_per_actor: float, tag: str
+) -> dict[str, Any]:
+    rates: list[float] = []
+    peaks: list[dict[str, int]] = []
+    for r in range(repeats):
+        out = os.path.join(work, f"out-{tag}-{r}")
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tagcap",
+            "caption",
+            "--input",
+            corpus.pattern,
+            "--segments",
+            corpus.segments,
+            "--labels",
+            corpus.labels,
+            "--output",
+            out,
+            "--captioner",
+            f"blat:{ckpt_dir}",
+            "--batch-size",
+            str(batch),
+            "--actors",
+            str(actors),
+            "--no-progress",
+        ]
+        if torch.cuda.is_available():
+            cmd += ["--gpus-per-actor", str(gpus_per_actor)]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with TreeMemory(proc.pid) as mem:
+            _stdout, stderr = proc.communicate()
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"tagcap caption failed ({proc.returncode}): {stderr[-3000:]}")
+        written = 0
+        for name in os.listdir(out):
+            if name.endswith(".stats.json"):
+                with open(os.path.join(out, name)) as fh:
+                    written += json.load(fh)["written"]
+        if written != corpus.clips:
+            raise RuntimeError(f"{written} of {corpus.clips} clips written")
+        rates.append(corpus.clips / wall)
+        peaks.append(mem.peak)
+        print(f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s = {rates[-1]:.0f} clips/s", flush=True)
+        print(stderr[-1500:], flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    peak = {role: max(p.get(role, 0) for p in peaks) for role in set().union(*peaks)}
+    return {
+        f"e2e_{tag}_clips_per_s": round(statistics.median(rates), 1),
+        f"e2e_{tag}_runs": [round(x, 1) for x in rates],
+        f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
+        f"e2e_{tag}_clips": corpus.clips,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="+", choices=["corpus", "ceiling", "decode", "baseline", "e2e", "memory", "all"])
+    ap.add_argument("--work", default="/tmp/tagcap-bench")
+    ap.add_argument("--clips", type=int, default=20480)
+    ap.add_argument("--clips-per-shard", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--name", default="caption")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
+    args = ap.parse_args()
+    what = set(args.what)
+    if "all" in what:
+        what = {"ceiling", "decode", "baseline", "e2e", "memory"}
+    cpus = os.cpu_count() or 1
+    shards = max(1, args.clips // args.clips_per_shard)
+    corpus = make_corpus(os.path.join(args.work, "corpus"), shards, args.clips_per_shard)
+    ckpt = blat_checkpoint(os.path.join(args.work, "blat-tiny" if args.tiny else "blat"), tiny=args.tiny)
+    figures: dict[str, Any] = {
+        "clips": corpus.clips,
+        "input_bytes": corpus.bytes,
+        "batch": args.batch,
+        "model": "tiny" if args.tiny else "blat",
+    }
+    print(machine(), f"corpus {corpus.clips} clips, {corpus.bytes / 1e9:.2f} GB", flush=True)
+    if "ceiling" in what:
+        figures.update(ceiling(ckpt, sorted({128, args.batch, 2 * args.batch}), args.repeats, 4))
+    if "decode" in what:
+        figures.update(decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus))
+    if "e2e" in what:
+        figures.update(e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "full"))
+        if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
+            figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
+        figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
+    if "memory" in what:
+        small = make_corpus(os.path.join(args.work, "corpus-tenth"), max(1, shards // 10), args.clips_per_shard)
+        figures.update(e2e(ckpt, small, args.work, 1, args.batch, 1, 1.0, "tenth"))
+        big, tenth = figures.get("e2e_full_peak_private_mb", {}), figures["e2e_tenth_peak_private_mb"]
+        growth = {k: round(big[k] / tenth[k], 3) for k in big if k in tenth and tenth[k] > 0}
+        figures["peak_rss_growth_by_role_10x"] = growth
+        figures["peak_rss_growth_10x"] = max(growth.values()) if growth else None
+    if "baseline" in what:
+        figures.update(baseline(ckpt, corpus.tars, corpus.segments, cpus, args.batch, max(1, args.repeats - 1)))
+    if "caption_e2e_clips_per_s" in figures and "baseline_clips_per_s" in figures:
+        figures["speedup_over_baseline"] = round(
+            figures["caption_e2e_clips_per_s"] / figures["baseline_clips_per_s"], 2
+        )
+    write_results(args.results, args.name, figures)
+    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, (list, dict))}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Shared parts of the benchmark scripts: the machine's description, a realistic input
+corpus, a BLAT-size captioner checkpoint, a process-tree memory sampler, and results JSON.
+
+Every script writes one JSON file per run under ``benchmarks/results/`` (or ``--results``)
+holding ``gpu``, ``cpus``, ``date`` and its figures; RESULTS.md quotes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import platform
+import statistics
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from tagcap.schemas.keys import make_key
+from tagcap.workers.audio import encode_flac
+from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.checkpoint import save_captioner
+from tagcap.workers.models.cnn14 import EncoderConfig
+from tagcap.workers.models.vocab import TagVocabulary, Vocabulary
+from tagcap.workers.storage import Storage
+
+RATE = 48000
+SECONDS = 10.0
+N_CLASSES = 527  # AudioSet's
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "gpu": gpu,
+        "cpus": os.cpu_count(),
+        "cpu_model": platform.processor() or platform.machine(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": torch.__version__,
+    }
+
+
+def write_results(folder: str, name: str, figures: dict[str, Any]) -> str:
+    os.makedirs(folder, exist_ok=True)
+    record = {**machine(), **figures}
+    stamp = record["date"].replace(":", "").replace("-", "")
+    path = os.path.join(folder, f"{name}-{stamp}.json")
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+    print(f"wrote {path}")
+    return path
+
+
+def median_of(repeats: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    values = [fn() for _ in range(repeats)]
+    return statistics.median(values), values
+
+
+# -- corpus -------------------------------------------------------------------------------
+def _clip(seed: int) -> bytes:
+    """10 s of 48 kHz audio with the texture of a real recording: a few tones with vibrato
+    and on/off gating over coloured noise, as 16-bit FLAC (about 0.5 MB, as AudioSet's)."""
+    rng = np.random.default_rng(seed)
+    n = int(RATE * SECONDS)
+    t = np.arange(n) / RATE
+    x = np.zeros(n)
+    for _ in range(rng.integers(1, 4)):
+        f = rng.uniform(100, 4000)
+        gate = (np.sin(2 * np.pi * rng.uniform(0.2, 3) * t) > rng.uniform(-0.5, 0.5)).astype(float)
+        x += rng.uniform(0.05, 0.3) * gate * np.sin(2 * np.pi * f * t + 3 * np.sin(2 * np.pi * 5 * t))
+    noise = np.convolve(rng.standard_normal(n), np.ones(16) / 16, "same")
+    x += rng.uniform(0.02, 0.3) * noise
+    return encode_flac((x / max(1.0, np.abs(x).max())).astype(np.float32), RATE)
+
+
+@dataclass
+class Corpus:
+    pattern: str
+    segments: str
+    labels: str
+    clips: int
+    shards: int
+    bytes: int = 0
+    tars: list[str] = field(default_factory=list)
+
+
+def make_corpus(root: str, shards: int, clips_per_shard: int, unique_clips: int = 512, seed: int = 0) -> Corpus:
+    """Input tars shaped like AudioSet's (``Y<ytid>_<ms>.flac`` + json), a segment CSV with
+    1-4 of 527 labels per clip and a ``class_labels_indices.csv``. ``unique_clips`` distinct
+    recordings are encoded once and reused under fresh YouTube ids, so a 20,000-clip
+    corpus takes seconds to write. Reuses what an earlier call wrote."""
+    os.makedirs(os.path.join(root, "shards"), exist_ok=True)
+    labels = os.path.join(root, "class_labels_indices.csv")
+    segments = os.path.join(root, "segments.csv")
+    pattern = os.path.join(root, "shards", f"{{000000..{shards - 1:06d}}}.tar")
+    tars = [os.path.join(root, "shards", f"{i:06d}.tar") for i in range(shards)]
+    done = os.path.join(root, f"DONE-{shards}x{clips_per_shard}")
+    if os.path.exists(done):
+        return Corpus(
+            pattern, segments, labels, shards * clips_per_shard, shards, sum(map(os.path.getsize, tars)), tars
+        )
+    with ProcessPoolExecutor() as pool:
+        audio = list(pool.map(_clip, range(seed, seed + unique_clips), chunksize=8))
+    rng = np.random.default_rng(seed)
+    alphabet = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+    # Label frequencies follow a long tail, as AudioSet's do.
+    weights = 1.0 / np.arange(1, N_CLASSES + 1) ** 0.8
+    weights /= weights.sum()
+    rows = []
+    k = 0
+    for shard in range(shards):
+        with tarfile.open(tars[shard], "w", format=tarfile.USTAR_FORMAT) as tar:
+            for _ in range(clips_per_shard):
+                ytid = "".join(rng.choice(alphabet, 11))
+                start_ms = int(rng.integers(0, 300)) * 1000
+                key = make_key(ytid, start_ms)
+                blob = audio[k % unique_clips]
+                k += 1
+                meta = json.dumps({"ytid": ytid, "start_seconds": start_ms / 1000}).encode()
+                for name, data in ((f"{key}.flac", blob), (f"{key}.json", meta)):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime = len(data), 0
+                    tar.addfile(info, io.BytesIO(data))
+                picks = rng.choice(N_CLASSES, size=int(rng.integers(1, 5)), replace=False, p=weights)
+                mids = ",".join(f"/m/bench{i:03d}" for i in sorted(picks))
+                rows.append(f'{ytid},{start_ms / 1000:.3f},{start_ms / 1000 + SECONDS:.3f},"{mids}"\n')
+    with open(segments, "w") as fh:
+        fh.write("YTID,start_seconds,end_seconds,positive_labels\n")
+        fh.writelines(rows)
+    with open(labels, "w") as fh:
+        fh.write("index,mid,display_name\n")
+        fh.writelines(f'{i},/m/bench{i:03d},"Sound class {i}"\n' for i in range(N_CLASSES))
+    open(done, "w").close()
+    return Corpus(pattern, segments, labels, shards * clips_per_shard, shards, sum(map(os.path.getsize, tars)), tars)
+
+
+def iter_clips(tars: list[str]) -> Iterator[tuple[str, bytes]]:
+    for path in tars:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".flac"):
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    yield member.name, fh.read()
+
+
+# -- model --------------------------------------------------------------------------------
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "dog",
+    "cat",
+    "man",
+    "woman",
+    "child",
+    "car",
+    "engine",
+    "bird",
+    "water",
+    "wind",
+    "rain",
+    "music",
+    "guitar",
+    "piano",
+    "drum",
+    "speech",
+    "voice",
+    "talks",
+    "sings",
+    "barks",
+    "meows",
+    "chirps",
+    "runs",
+    "idles",
+    "passes",
+    "plays",
+    "in",
+    "on",
+    "with",
+    "and",
+    "loud",
+    "soft",
+    "distant",
+    "close",
+    "background",
+    "foreground",
+    "while",
+    "then",
+    "street",
+    "room",
+    "park",
+    "kitchen",
+]
+
+
+def blat_checkpoint(folder: str, seed: int = 0, tiny: bool = False) -> str:
+    """A BLAT-size captioner (full CNN14 encoder, 2-layer d=256 decoder) with random
+    weights: the speed of a model does not depend on what it learned. Reused if present."""
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return folder
+    torch.manual_seed(seed)
+    # About the size of BLAT's vocabulary (AudioCaps + Clotho words seen twice or more).
+    vocab = Vocabulary.build([" ".join(WORDS + [f"word{i}" for i in range(5000 - len(WORDS))])])
+    tags = TagVocabulary([f"/m/bench{i:03d}" for i in range(N_CLASSES)], [f"Sound class {i}" for i in range(N_CLASSES)])
+    cfg = CaptionerConfig(vocab_size=len(vocab), n_tags=len(tags), tag_fusion="add")
+    if tiny:
+        cfg = CaptionerConfig(
+            vocab_size=len(vocab), n_tags=len(tags), encoder=EncoderConfig(channels=(8, 16, 32)), d_model=64, d_ff=128
+        )
+    model = TagGuidedCaptioner(cfg).eval()
+    save_captioner(folder, model, vocab, tags, Storage())
+    return folder
+
+
+# -- memory -------------------------------------------------------------------------------
+def process_role(proc: psutil.Process) -> str:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    for needle, role in (
+        ("CaptionActor", "captioner_actor"),
+        ("_prepare", "decode_worker"),
+        ("_write", "write_worker"),
+        ("default_worker.py", "ray_worker"),
+        ("raylet", "raylet"),
+        ("gcs_server", "gcs"),
+        ("tagcap", "driver"),
+    ):
+        if needle in cmd:
+            return role
+    return "other"
+
+
+class TreeMemory:
+    """Samples the private resident memory (RSS less shared pages, so Ray's shared object
+    store is not counted in every process that maps it) of a process and all its
+    descendants; keeps the peak per role."""
+
+    def __init__(self, pid: int, every_s: float = 0.25):
+        self.pid, self.every_s = pid, every_s
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    mem = proc.memory_info()
+                    private = mem.rss - getattr(mem, "shared", 0)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                role = "driver" if proc.pid == self.pid else process_role(proc)
+                self.peak[role] = max(self.peak.get(role, 0), private)
+            time.sleep(self.every_s)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
