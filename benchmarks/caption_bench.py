@@ -43,7 +43,6 @@ from common import (
     make_corpus,
     write_results,
 )
-
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers.audio import decode_clip, fit_length, model_waveforms, resample, to_pcm16
 from tagcap.workers.models.checkpoint import load_captioner
@@ -190,7 +189,15 @@ def baseline(ckpt_dir: str, tars: list[str], segments: str, workers: int, batch:
 
 # -- end to end -----------------------------------------------------------------------------
 def e2e(
-    ckpt_dir: str, corpus: Any, work: str, repeats: int, batch: int, actors: int, gpus_per_actor: float, tag: str
+    ckpt_dir: str,
+    corpus: Any,
+    work: str,
+    repeats: int,
+    batch: int,
+    actors: int,
+    gpus_per_actor: float,
+    tag: str,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     rates: list[float] = []
     peaks: list[dict[str, int]] = []
@@ -217,6 +224,7 @@ def e2e(
             "--actors",
             str(actors),
             "--no-progress",
+            *extra,
         ]
         if torch.cuda.is_available():
             cmd += ["--gpus-per-actor", str(gpus_per_actor)]
@@ -280,6 +288,8 @@ def main() -> None:
         figures.update(decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus))
     if "e2e" in what:
         figures.update(e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "full"))
+        # Lever: one call at a time in the captioner actor (no copy/compute overlap).
+        figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "one_thread", ("--actor-threads", "1")))
         if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
             figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]

@@ -25,12 +25,48 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import itertools
 
+import tagcap.workers.pretrain as pretrain_module
 from common import machine, make_corpus, write_results
-
-from tagcap.workers.pretrain import PairStream, PretrainConfig, _collate, build_model, pretrain, train_step
+from tagcap.workers.pretrain import PairStream, PretrainConfig, _collate, pretrain, train_step
 from tagcap.workers.train_captioner import lr_factor
 
 TINY = {"encoder": {"channels": [8, 16, 32]}, "embed_dim": 64}
+
+
+def use_minilm_shape(folder: str) -> None:
+    """Where the MiniLM package is not installed (its 90 MB of weights exceed what can be
+    carried to the GPU machine): a BERT of all-MiniLM-L6-v2's exact shape, random weights,
+    with MiniLM's own tokenizer from ``folder`` (its config and tokenizer files). Same
+    arithmetic per step; the weights do not change the speed."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    from tagcap.workers.models.clap import ClapConfig, ContrastiveModel
+
+    with open(os.path.join(folder, "config.json")) as fh:
+        shape = {
+            k: v
+            for k, v in _json.load(fh).items()
+            if k
+            in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "type_vocab_size",
+            )
+        }
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def build(cfg: PretrainConfig) -> ContrastiveModel:
+        return ContrastiveModel(
+            ClapConfig.from_dict({**cfg.model, "text_model": None, "text_config": shape}), tokenizer
+        )
+
+    pretrain_module.build_model = build  # pretrain() and in_memory_steps() both build through it
 
 
 def captioned_corpus(work: str, shards: int, clips_per_shard: int) -> str:
@@ -53,7 +89,7 @@ def steps_from_metrics(out: str, warmup: int) -> list[float]:
 def in_memory_steps(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = pretrain_module.build_model(cfg).to(device)
     stream = PairStream(cfg, model.clip_samples, model.cfg.frontend.sample_rate, 0, 0)
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=2, collate_fn=_collate)
     batch = next(iter(loader))
@@ -80,9 +116,12 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--clips-per-shard", type=int, default=256)
     ap.add_argument("--tiny", action="store_true", help="a tiny audio tower: to check the script on a CPU")
+    ap.add_argument("--text-shape", help="folder with MiniLM's config and tokenizer (no weights); see use_minilm_shape")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     print(machine(), flush=True)
+    if args.text_shape:
+        use_minilm_shape(args.text_shape)
     urls = captioned_corpus(args.work, args.shards, args.clips_per_shard)
     out = os.path.join(args.work, "pretrain-run")
     subprocess.run(["rm", "-rf", out], check=True)
@@ -106,7 +145,7 @@ def main() -> None:
     figures: dict[str, Any] = {
         "pretrain_batch": args.batch,
         "pretrain_loader_workers": args.workers,
-        "pretrain_model": "tiny" if args.tiny else "cnn14+minilm",
+        "pretrain_model": ("tiny" if args.tiny else "cnn14") + ("+minilm-shape" if args.text_shape else "+minilm"),
         "pretrain_step_s_streaming": round(t_stream, 4),
         "pretrain_step_s_in_memory": round(t_mem, 4),
         "pretrain_samples_per_s_streaming": round(args.batch / t_stream, 1),

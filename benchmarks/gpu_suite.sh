@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
+#   bash benchmarks/gpu_suite.sh caption|pretrain
+# Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
+# benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
+set -euo pipefail
+results=${OUT:-benchmarks/results}
+mkdir -p "$results"
+if [[ ! -f /tmp/site/.done ]]; then
+  mkdir -p /tmp/site && tar xJf .whl/ray-trim.tar.xz -C /tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  python3 -m compileall -q /tmp/site || true   # else ray.init takes 7 s instead of 2
+  touch /tmp/site/.done
+fi
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+cd /tmp   # import the installed tagcap, not the checkout's folders
+here=$OLDPWD
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$results/gpu.txt"
+case "${1:-caption}" in
+  caption) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+             --repeats 3 --results "$results" all 2>&1 | tee "$results/caption.log" ;;
+  pretrain) python3 "$here/benchmarks/pretrain_bench.py" --work /tmp/tagcap-bench --batch 256 \
+             --steps 40 --warmup 10 --text-shape "$here/.bench_text" --results "$results" 2>&1 | tee "$results/pretrain.log" ;;
+esac
