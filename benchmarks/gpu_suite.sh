@@ -10,18 +10,17 @@ if [[ ! -f /tmp/site/.done ]]; then
   mkdir -p /tmp/site && tar xJf .whl/ray-trim.tar.xz -C /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $(ls .whl/*.whl | grep -v tagcap-)
   python3 -m compileall -q /tmp/site || true   # else ray.init takes 7 s instead of 2
-  # pack-wheels unzips Ray with Python's zipfile, which drops the executable bits.
-  find /tmp/site/ray/core -type f \( -name gcs_server -o -name raylet -o -name '*.so' -o -perm /u+r \) \
-    -path '*/core/src/ray/*' -exec chmod +x {} +
   touch /tmp/site/.done
 fi
+# pack-wheels unzips Ray with Python's zipfile, which drops the executable bits.
+chmod -R +x /tmp/site/ray/core/src/ray
 rm -rf /tmp/site/tagcap /tmp/site/tagcap-*   # this checkout's tagcap, also on a machine kept warm
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/tagcap-*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp   # import the installed tagcap, not the checkout's folders
 here=$OLDPWD
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$results/gpu.txt"
-for what in "${@:-caption pretrain}"; do
+for what in "$@"; do
   case "$what" in
     caption) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" all 2>&1 | tee "$results/caption.log" ;;
