@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -97,6 +98,11 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
             print("ceiling", row, f"{rate:.0f} clips/s", flush=True)
     best_gpu = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "gpu_32k_float" and v["bf16"])
     best_host = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "host_48k_pcm16")
+    # Give the GPU back before tagcap's own actor needs it (the float32 variant alone keeps
+    # tens of GB in PyTorch's cache).
+    del model, ckpt
+    gc.collect()
+    torch.cuda.empty_cache()
     out["caption_gpu_ceiling_clips_per_s"] = best_gpu
     out["caption_gpu_ceiling_from_host_pcm_clips_per_s"] = best_host
     # How long the captions ran: a random model rarely says <eos>, so every beam runs the
