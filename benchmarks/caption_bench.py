@@ -262,9 +262,29 @@ def e2e(
     }
 
 
+def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
+    """Sequential write with fsync, as tagcap publishes shards: the output disk's ceiling."""
+    path = os.path.join(work, "disk-probe")
+    block = np.random.default_rng(0).integers(0, 255, 64 << 20, dtype=np.uint8).tobytes()
+    start = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(gb * 16):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    seconds = time.perf_counter() - start
+    os.remove(path)
+    print(f"disk write {gb / seconds:.2f} GB/s", flush=True)
+    return {"disk_write_gb_per_s": round(gb * (1 << 30) / 1e9 / seconds, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["corpus", "ceiling", "decode", "baseline", "e2e", "memory", "all"])
+    ap.add_argument(
+        "what",
+        nargs="+",
+        choices=["corpus", "ceiling", "decode", "baseline", "e2e", "e2e_none", "disk", "memory", "all"],
+    )
     ap.add_argument("--work", default="/tmp/tagcap-bench")
     ap.add_argument("--clips", type=int, default=20480)
     ap.add_argument("--clips-per-shard", type=int, default=256)
@@ -299,6 +319,13 @@ def main() -> None:
         if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
             figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
+    if "e2e_none" in what:
+        # The same run storing no audio: the captioning pipeline without the output disk.
+        figures.update(
+            e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "audio_none", ("--audio", "none"))
+        )
+    if "disk" in what:
+        figures.update(disk_write(args.work))
     if "memory" in what:
         small = make_corpus(os.path.join(args.work, "corpus-tenth"), max(1, shards // 10), args.clips_per_shard)
         figures.update(e2e(ckpt, small, args.work, 1, args.batch, 1, 1.0, "tenth"))

@@ -27,5 +27,8 @@ for what in "$@"; do
     pretrain) python3 "$here/benchmarks/pretrain_bench.py" --work /tmp/tagcap-bench --batch 256 \
                --steps 40 --warmup 10 --text-shape "$here/.bench_text" --results "$results" 2>&1 \
                | tee "$results/pretrain.log" ;;
+    quick) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-2}" --results "$results" --name caption-quick disk e2e_none e2e 2>&1 \
+               | tee "$results/caption-quick.log" ;;
   esac
 done

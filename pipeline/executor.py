@@ -142,7 +142,9 @@ def _inflight_limit(settings: ExecutionSettings, n_actors: int, actor_cpus: floa
     if settings.max_inflight:
         return settings.max_inflight
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    decoding = int(max(total - n_actors * actor_cpus, 1.0) / settings.decode_cpus)
+    # One CPU stays free for the write tasks: with every CPU decoding, a finished unit
+    # would wait for a decode task to end before it could be written.
+    decoding = int(max(total - n_actors * actor_cpus - 1.0, 1.0) / settings.decode_cpus)
     return max(1, decoding) + 2 * n_actors
 
 
