@@ -100,7 +100,7 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
     best_host = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "host_48k_pcm16")
     # Give the GPU back before tagcap's own actor needs it (the float32 variant alone keeps
     # tens of GB in PyTorch's cache).
-    del model, ckpt
+    model = ckpt = None  # drop the references; the closure above is done
     gc.collect()
     torch.cuda.empty_cache()
     out["caption_gpu_ceiling_clips_per_s"] = best_gpu
