@@ -232,7 +232,18 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
         out = tmp_path / "out"
         config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=0.7)
         proc = subprocess.Popen(
-            tagcap_cmd("caption", "--config", str(config), "--ray-address", cluster.address, "--unit-timeout-s", "60"),
+            # Two units in flight: the run must still be going when the node goes away.
+            tagcap_cmd(
+                "caption",
+                "--config",
+                str(config),
+                "--ray-address",
+                cluster.address,
+                "--unit-timeout-s",
+                "60",
+                "--max-inflight",
+                "2",
+            ),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
