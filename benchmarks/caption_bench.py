@@ -145,8 +145,8 @@ class _TarClips(torch.utils.data.IterableDataset):
     """The loader a user writes first: each worker takes every n-th tar, decodes with
     soundfile and resamples with torchaudio on its CPU."""
 
-    def __init__(self, tars: list[str], tags: dict[str, list[int]]):
-        self.tars, self.tags = tars, tags
+    def __init__(self, tars: list[str]):
+        self.tars = tars
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -175,7 +175,7 @@ def baseline(ckpt_dir: str, tars: list[str], segments: str, workers: int, batch:
     rates = []
     for r in range(repeats):
         loader = torch.utils.data.DataLoader(
-            _TarClips(tars, {}), batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda"
+            _TarClips(tars), batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda"
         )
         n = 0
         captions = []

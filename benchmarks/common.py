@@ -12,11 +12,10 @@ import io
 import json
 import os
 import platform
-import statistics
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,11 +57,6 @@ def write_results(folder: str, name: str, figures: dict[str, Any]) -> str:
         json.dump(record, fh, indent=1, sort_keys=True)
     print(f"wrote {path}")
     return path
-
-
-def median_of(repeats: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
-    values = [fn() for _ in range(repeats)]
-    return statistics.median(values), values
 
 
 # -- corpus -------------------------------------------------------------------------------
@@ -277,9 +271,3 @@ class TreeMemory:
                 role = "driver" if proc.pid == self.pid else process_role(proc)
                 self.peak[role] = max(self.peak.get(role, 0), private)
             time.sleep(self.every_s)
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start

@@ -9,6 +9,7 @@ closed vocabulary in ``schemas.records``.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -110,12 +111,18 @@ def model_waveforms(
     if device.type != "cuda":
         return _to_model_input(x, sample_rate, model_rate, length, device)
     # On a side stream, so that a second thread's copy overlaps this thread's model work.
-    side = torch.cuda.Stream(device)
+    side = _copy_stream(device, threading.get_ident())
     with torch.cuda.stream(side):
         out = _to_model_input(x.to(device, non_blocking=False), sample_rate, model_rate, length, device)
     torch.cuda.current_stream(device).wait_stream(side)
     out.record_stream(torch.cuda.current_stream(device))
     return out
+
+
+@lru_cache(maxsize=64)
+def _copy_stream(device: torch.device, thread: int) -> torch.cuda.Stream:
+    # One per device and calling thread, made once: a new stream per batch is a driver call.
+    return torch.cuda.Stream(device)
 
 
 def _to_model_input(
