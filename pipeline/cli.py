@@ -124,6 +124,13 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="also write the result JSON here")
 
 
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="summarize an output root and write report.html with plots")
+    p.add_argument("output", help="output root URL of a tagcap caption run")
+    p.add_argument("--report", help="folder URL for report.html and its PNGs (default: OUTPUT/report)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagcap", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prepare_captions_parser(sub)
     _pretrain_parser(sub)
     _eval_parser(sub)
+    _inspect_parser(sub)
     return parser
 
 
@@ -265,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(result, sort_keys=True))
         return 0
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "prepare-captions":
         return _prepare_captions(args)
     if args.command == "caption":
@@ -283,6 +293,25 @@ def _pretrain_options() -> type:
     from tagcap.workers.pretrain import PretrainConfig
 
     return PretrainConfig
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tagcap.pipeline.corpus_summary import summarize
+    from tagcap.pipeline.report import write_report
+    from tagcap.schemas.layout import join_url
+
+    with tqdm(desc="inspect", unit="shard", disable=not args.progress, file=sys.stderr) as bar:
+        try:
+            summary = summarize(args.output, on_shard=lambda _: bar.update(1))
+        except (OSError, ValueError) as exc:
+            print(f"tagcap inspect: error: {exc}", file=sys.stderr)
+            return 2
+    page = write_report(summary, args.report or join_url(args.output, "report"))
+    print(json.dumps(summary.to_dict(), sort_keys=True))
+    print(f"report: {page}", file=sys.stderr)
+    return 0
 
 
 def _prepare_captions(args: argparse.Namespace) -> int:

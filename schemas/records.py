@@ -124,6 +124,7 @@ class ShardStats:
     seconds: float = 0.0
     clips_per_second: float = 0.0
     tar_bytes: int = 0
+    finished_at: float = 0.0  # unix seconds when the shard was committed (throughput over time)
     schema: int = SCHEMA_VERSION
 
     @property

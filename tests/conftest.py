@@ -49,6 +49,76 @@ def sample_input(tmp_path_factory):
     return write_sample(str(tmp_path_factory.mktemp("sample")), shards=4, clips_per_shard=6, seconds=4.0)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(ray_local, sample_input, tmp_path_factory):
+    """A tiny BLAT captioner trained for a few steps on the template-captioned sample."""
+    from tagcap.pipeline.caption import run_caption
+    from tagcap.pipeline.cli import MODEL_PRESETS
+    from tagcap.schemas.config import CaptionConfig
+    from tagcap.workers.train_captioner import TrainConfig, train_captioner
+
+    corpus = tmp_path_factory.mktemp("template-corpus")
+    cfg = CaptionConfig(
+        input=[sample_input.shards],
+        segments=[sample_input.segments],
+        labels=sample_input.labels,
+        output=str(corpus),
+        progress=False,
+    )
+    assert run_caption(cfg) == 0
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    train_captioner(
+        TrainConfig(
+            train=[str(corpus / "{000000..000003}.tar")],
+            out=str(ckpt),
+            model=MODEL_PRESETS["tiny"],
+            steps=30,
+            batch_size=8,
+            warmup_steps=5,
+            checkpoint_every=30,
+            log_every=10,
+            progress=False,
+            shuffle_buffer=20,
+        )
+    )
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def blat_corpus(ray_local, sample_input, tiny_checkpoint, tmp_path_factory):
+    """The sample captioned by the tiny BLAT model (3 candidates, log-probs), plus one input
+    tar whose three samples all fail, for two different reasons."""
+    from tagcap.pipeline.caption import run_caption
+    from tagcap.schemas.config import CaptionConfig
+    from tests.builders import make_tar
+
+    root = tmp_path_factory.mktemp("blat-corpus")
+    bad = root / "bad.tar"
+    make_tar(
+        [
+            ("Ynot-audio_0.flac", b"not a flac stream"),
+            ("Ynot-audio_0.json", b"{}"),
+            ("Yno-audio_0.json", b"{}"),
+            ("Ybroken_0.json", b"{not json"),
+            ("Ybroken_0.flac", b"x"),
+        ],
+        str(bad),
+    )
+    out = root / "out"
+    cfg = CaptionConfig(
+        input=[sample_input.shards, str(bad)],
+        segments=[sample_input.segments],
+        labels=sample_input.labels,
+        output=str(out),
+        captioner=f"blat:{tiny_checkpoint}",
+        captioner_options={"candidates": 3},
+        batch_size=8,
+        progress=False,
+    )
+    assert run_caption(cfg) == 0
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,46 +3,13 @@ on those shards, then caption the sample and the ESC-50 clips with it."""
 
 import json
 
-import pytest
-
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.cli import MODEL_PRESETS
 from tagcap.pipeline.esc50 import pack_esc50
 from tagcap.schemas.audioset import LabelMap
 from tagcap.schemas.config import CaptionConfig
 from tagcap.workers.captioners import describe
-from tagcap.workers.train_captioner import TrainConfig, train_captioner
 from tests.conftest import shared_data
 from tests.helpers import check_output, tar_digests
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(ray_local, sample_input, tmp_path_factory):
-    corpus = tmp_path_factory.mktemp("template-corpus")
-    cfg = CaptionConfig(
-        input=[sample_input.shards],
-        segments=[sample_input.segments],
-        labels=sample_input.labels,
-        output=str(corpus),
-        progress=False,
-    )
-    assert run_caption(cfg) == 0
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    train_captioner(
-        TrainConfig(
-            train=[str(corpus / "{000000..000003}.tar")],
-            out=str(ckpt),
-            model=MODEL_PRESETS["tiny"],
-            steps=30,
-            batch_size=8,
-            warmup_steps=5,
-            checkpoint_every=30,
-            log_every=10,
-            progress=False,
-            shuffle_buffer=20,
-        )
-    )
-    return ckpt
 
 
 def _config(sample, out, ckpt, **kw):

@@ -155,6 +155,7 @@ def write_shard(
         seconds=round(seconds, 3),
         clips_per_second=round(payload.samples_in / seconds, 2) if seconds > 0 else 0.0,
         tar_bytes=tar_bytes,
+        finished_at=round(time.time(), 3),
     )
     if stats.written + stats.failed_total != stats.samples_in:
         raise AssertionError(f"shard {shard}: counts do not reconcile: {stats}")
