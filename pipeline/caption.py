@@ -242,7 +242,7 @@ def _run_leased(prep: Prepared) -> int:
     t0 = time.time()
     progress = RunProgress(len(prep.plan.units), len(done), enabled=config.progress)
     try:
-        with ray_session(config.ray_address, config.num_cpus, config.object_store_memory):
+        with ray_session(config.ray_address, config.num_cpus, config.object_store_memory, config.dashboard):
             result = run_units(
                 todo,
                 settings,

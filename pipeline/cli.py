@@ -46,6 +46,9 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
     p.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")
     p.add_argument("--decode-cpus", type=float, help="CPUs per decode task")
+    p.add_argument(
+        "--dashboard", action="store_true", default=None, help="start the embedded Ray's dashboard (on 127.0.0.1)"
+    )
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 

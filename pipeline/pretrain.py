@@ -29,12 +29,12 @@ def run_pretrain(cfg: PretrainConfig, ray_address: str | None, workers: int = 1,
         return pretrain(cfg)
     from dataclasses import asdict
 
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ray.init(address=ray_address, log_to_driver=False)
-    try:
+    from tagcap.pipeline.ray_runtime import ray_session
+
+    with ray_session(ray_address):
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config=asdict(cfg),
@@ -42,8 +42,6 @@ def run_pretrain(cfg: PretrainConfig, ray_address: str | None, workers: int = 1,
             run_config=RunConfig(name="tagcap-pretrain"),
         )
         trainer.fit()
-    finally:
-        ray.shutdown()
     import json
 
     from tagcap.schemas.layout import join_url

@@ -1,13 +1,15 @@
 """Starting and joining Ray.
 
 Without an address tagcap starts an embedded local Ray that listens on loopback only, with
-no dashboard unless asked. With ``--ray-address`` it joins an existing cluster (tagcap
-must be installed on its nodes, as the deploy/ images do).
+no dashboard unless asked (``--dashboard``, then on 127.0.0.1 too). With ``--ray-address`` it
+joins an existing cluster (tagcap must be installed on its nodes, as the deploy/ images do).
+Wherever a dashboard runs, its address is printed on stderr, so a long job can be watched.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,13 +22,14 @@ def ray_session(
     address: str | None,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
+    dashboard: bool = False,
 ) -> Iterator[None]:
     if ray.is_initialized():
         # Already connected (a test fixture, or a user's own session): use it, leave it up.
         yield
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        context = ray.init(address=address, log_to_driver=False)
     else:
         # Ray listened on every interface on Linux unless this is off, even with the node
         # address pinned to loopback (measured with Ray 2.60). Ray reads it into a
@@ -35,15 +38,18 @@ def ray_session(
         # the embedded Ray: a driver joining a real cluster must be reachable from it.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(
+        context = ray.init(
             address="local",  # a new embedded instance even where a `ray start` cluster runs
             num_cpus=num_cpus,
             object_store_memory=object_store_memory,
-            include_dashboard=False,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
         )
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
     try:
         yield
     finally:

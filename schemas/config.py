@@ -29,6 +29,7 @@ EXECUTION_FIELDS = frozenset(
         "decode_cpus",
         "object_store_memory",
         "num_cpus",
+        "dashboard",
     }
 )
 
@@ -81,6 +82,7 @@ class CaptionConfig:
     decode_cpus: float = 1.0
     num_cpus: int | None = None  # embedded Ray only
     object_store_memory: int | None = None  # embedded Ray only, bytes
+    dashboard: bool = False  # embedded Ray only: start the Ray dashboard on 127.0.0.1
     # Limits on input audio: outside them a clip becomes an error row.
     min_clip_seconds: float = 0.1
     max_clip_seconds: float = 600.0

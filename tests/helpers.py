@@ -148,8 +148,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+def ray_head(num_cpus: int = 2, dashboard_port: int | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """A `ray start --head` cluster on 127.0.0.1; yields (address, env for its clients).
+    With ``dashboard_port`` it runs the dashboard (and so the job server) there, on 127.0.0.1.
 
     It gets a temp dir of its own so that its processes are found by it and stopped alone
     at the end (`ray stop` would stop every Ray on the machine, the test session's own)."""
@@ -166,7 +167,11 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
             f"--num-cpus={num_cpus}",
-            "--include-dashboard=false",
+            *(
+                ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+                if dashboard_port
+                else ["--include-dashboard=false"]
+            ),
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
