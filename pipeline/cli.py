@@ -90,6 +90,7 @@ def _prepare_captions_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="class_labels_indices.csv or ontology.json")
     p.add_argument("--output", required=True)
     p.add_argument("--clips-per-shard", type=int, default=256)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
 def _pretrain_parser(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +126,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-field", default="label", help="json field holding each clip's label(s)")
     p.add_argument("--prompt", default="the sound of {}")
     p.add_argument("--output", help="also write the result JSON here")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
 def _inspect_parser(sub: argparse._SubParsersAction) -> None:
@@ -327,7 +329,14 @@ def _prepare_captions(args: argparse.Namespace) -> int:
         labels = LabelMap.parse(storage.read_text(args.labels), args.labels)
         tables = [parse_segments(storage.read_text(u), u)[0] for u in _as_list(args.segments)]
         summary = prepare_captions(
-            args.captions, args.audio, args.output, SegmentTable.concat(tables), labels, storage, args.clips_per_shard
+            args.captions,
+            args.audio,
+            args.output,
+            SegmentTable.concat(tables),
+            labels,
+            storage,
+            args.clips_per_shard,
+            progress=args.progress,
         )
     except (OSError, ValueError) as exc:
         print(f"tagcap prepare-captions: error: {exc}", file=sys.stderr)

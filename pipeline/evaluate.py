@@ -7,9 +7,11 @@ import argparse
 import csv
 import io
 import json
+import sys
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from tagcap.workers.evaluate import labels_of, load_eval_set, retrieval, zeroshot
 from tagcap.workers.models.clap import load_clap
@@ -33,7 +35,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     storage = Storage()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, sha = load_clap(args.model, storage, device)
-    data = load_eval_set(args.data, model.cfg.frontend.sample_rate, model.clip_samples, storage)
+    with tqdm(desc=f"eval {args.task}: decoding", unit="clip", disable=not args.progress, file=sys.stderr) as bar:
+        data = load_eval_set(
+            args.data, model.cfg.frontend.sample_rate, model.clip_samples, storage, on_clip=lambda: bar.update(1)
+        )
     if args.task == "zeroshot":
         classes = class_names(args.labels, data.meta, args.label_field, storage)
         result = zeroshot(model, data, classes, args.prompt, args.label_field)

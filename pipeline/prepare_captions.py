@@ -23,8 +23,11 @@ import csv
 import io
 import json
 import posixpath
+import sys
 import tarfile
 from dataclasses import dataclass, field
+
+from tqdm import tqdm
 
 from tagcap.pipeline.esc50 import pseudo_ytid
 from tagcap.schemas.audioset import LabelMap, SegmentTable
@@ -129,6 +132,7 @@ def prepare_captions(
     labels: LabelMap,
     storage: Storage,
     clips_per_shard: int = 256,
+    progress: bool = False,
 ) -> PrepareSummary:
     fmt, clips = parse_caption_csv(storage.read_text(captions_url))
     joined, missing_seg = join_tags(clips, segments) if fmt != "clotho" else (0, 0)
@@ -144,6 +148,7 @@ def prepare_captions(
             ready.append((clip, url))
     storage.makedirs(output)
     n_shards = 0
+    bar = tqdm(total=len(ready), desc="prepare-captions", unit="clip", disable=not progress, file=sys.stderr)
     for start in range(0, len(ready), clips_per_shard):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -166,8 +171,10 @@ def prepare_captions(
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
+                bar.update(1)
         storage.publish_bytes(buf.getvalue(), join_url(output, f"{shard_name(n_shards)}.tar"))
         n_shards += 1
+    bar.close()
     summary = PrepareSummary(fmt, len(clips), len(ready), len(clips) - len(ready), joined, missing_seg, n_shards)
     storage.publish_bytes(json.dumps(summary.__dict__, indent=1).encode(), join_url(output, "prepare_summary.json"))
     return summary

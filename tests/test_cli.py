@@ -81,8 +81,11 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
         "2",
         "--object-store-memory",
         str(80 * 1024 * 1024),
+        "--dashboard",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "Ray dashboard: http://127.0.0.1:" in proc.stderr  # on loopback, and said where
+    assert "caption: 100%" in proc.stderr and "2/2" in proc.stderr  # the progress bar
     assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr
     check_output(str(tmp_path / "out"), expected_inputs=6)

@@ -77,6 +77,7 @@ def test_prepare_captions_end_to_end(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "prepare-captions: 100%" in proc.stderr and "4/4" in proc.stderr  # progress on stderr
     summary = json.loads(proc.stdout)
     assert summary == {
         "format": "musiccaps",

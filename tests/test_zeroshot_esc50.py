@@ -88,6 +88,7 @@ def test_esc50_zero_shot_beats_chance(ray_local, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "eval zeroshot: decoding" in proc.stderr and "100clip" in proc.stderr.replace(" ", "")
     zs = json.loads(proc.stdout)
     assert zs == json.loads((tmp_path / "zeroshot.json").read_text())
     assert zs["clips"] == 100 and zs["classes"] == 50 and zs["chance_top1"] == 0.02

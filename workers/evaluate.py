@@ -9,6 +9,7 @@ the 5-captions-per-clip retrieval protocol).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,14 @@ class EvalSet:
 
 
 def load_eval_set(
-    urls: list[str] | str, sample_rate: int, clip_samples: int, storage: Storage | None = None
+    urls: list[str] | str,
+    sample_rate: int,
+    clip_samples: int,
+    storage: Storage | None = None,
+    on_clip: Callable[[], None] | None = None,
 ) -> EvalSet:
+    """Every clip of ``urls`` decoded and cropped to the model's length; ``on_clip`` is
+    called after each (progress)."""
     storage = storage or Storage()
     keys, waves, metas = [], [], []
     src = ({"url": u} for u in expand_urls(urls))
@@ -38,6 +45,8 @@ def load_eval_set(
         keys.append(sample["__key__"])
         waves.append(crop(decode_audio_member(sample, sample_rate), clip_samples, None))
         metas.append(sample_json(sample))
+        if on_clip:
+            on_clip()
     return EvalSet(keys, np.stack(waves) if waves else np.zeros((0, clip_samples), np.float32), metas)
 
 
