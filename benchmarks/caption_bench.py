@@ -48,6 +48,7 @@ from tagcap.schemas.work import DecodeSpec
 from tagcap.workers.audio import decode_clip, fit_length, model_waveforms, resample, to_pcm16
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.storage import Storage
+from timeline import summarize_timeline
 
 MODEL_RATE = 32000
 SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 384000, 1 << 20)
@@ -111,10 +112,16 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
 
 
 # -- decode ceiling -------------------------------------------------------------------------
-def _decode_pcm(blob: bytes) -> int:
-    clip = decode_clip(blob, SPEC)
+def _decode_pcm(blob: bytes, pcm16: bool = True) -> int:
+    """tagcap's decode task per clip: straight to int16 (``pcm16``), or the earlier path
+    through float32."""
+    clip = decode_clip(blob, SPEC, pcm16=pcm16)
     pcm = to_pcm16(fit_length(clip.samples, SPEC.clip_samples * clip.sample_rate // MODEL_RATE))
     return pcm.shape[0]
+
+
+def _decode_float_pcm(blob: bytes) -> int:
+    return _decode_pcm(blob, pcm16=False)
 
 
 def _decode_resample(blob: bytes) -> int:
@@ -128,7 +135,11 @@ def decode(tars: list[str], clips: int, repeats: int, workers: int) -> dict[str,
     out: dict[str, Any] = {"decode_clips": len(blobs), "decode_workers": workers}
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_decode_resample, blobs[: workers * 2]))  # warm every worker
-        for name, fn in (("pcm16", _decode_pcm), ("cpu_resample", _decode_resample)):
+        for name, fn in (
+            ("pcm16", _decode_pcm),
+            ("float_pcm16", _decode_float_pcm),
+            ("cpu_resample", _decode_resample),
+        ):
             rates = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -194,6 +205,17 @@ def baseline(ckpt_dir: str, tars: list[str], segments: str, workers: int, batch:
 
 
 # -- end to end -----------------------------------------------------------------------------
+def steady_rate(stats: list[dict[str, Any]]) -> float:
+    """Clips/s between the commits of the first and last tenth of the shards: the rate once
+    the pipeline is full, without Ray's start, model load and the first decode wave."""
+    times = sorted((s["finished_at"], s["samples_in"]) for s in stats if s.get("finished_at"))
+    if len(times) < 10:
+        return float("nan")
+    lo, hi = len(times) // 10, len(times) - len(times) // 10 - 1
+    clips = sum(n for _, n in times[lo + 1 : hi + 1])
+    return clips / max(times[hi][0] - times[lo][0], 1e-9)
+
+
 def e2e(
     ckpt_dir: str,
     corpus: Any,
@@ -206,6 +228,8 @@ def e2e(
     extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     rates: list[float] = []
+    steady: list[float] = []
+    timelines: list[dict[str, Any]] = []
     peaks: list[dict[str, int]] = []
     for r in range(repeats):
         out = os.path.join(work, f"out-{tag}-{r}")
@@ -234,21 +258,27 @@ def e2e(
         ]
         if torch.cuda.is_available():
             cmd += ["--gpus-per-actor", str(gpus_per_actor)]
+        timeline = os.path.join(work, f"timeline-{tag}-{r}.json")
+        env = {**os.environ, "TAGCAP_RAY_TIMELINE": timeline}
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with TreeMemory(proc.pid) as mem:
             _stdout, stderr = proc.communicate()
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"tagcap caption failed ({proc.returncode}): {stderr[-3000:]}")
-        written = 0
+        stats = []
         for name in os.listdir(out):
             if name.endswith(".stats.json"):
                 with open(os.path.join(out, name)) as fh:
-                    written += json.load(fh)["written"]
+                    stats.append(json.load(fh))
+        written = sum(s["written"] for s in stats)
         if written != corpus.clips:
             raise RuntimeError(f"{written} of {corpus.clips} clips written")
         rates.append(corpus.clips / wall)
+        steady.append(steady_rate(stats))
+        timelines.append(summarize_timeline(timeline) if os.path.exists(timeline) else {})
+        print(f"e2e {tag} run {r}: steady {steady[-1]:.0f} clips/s; timeline {json.dumps(timelines[-1])}", flush=True)
         peaks.append(mem.peak)
         print(f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s = {rates[-1]:.0f} clips/s", flush=True)
         print(stderr[-1500:], flush=True)
@@ -257,6 +287,8 @@ def e2e(
     return {
         f"e2e_{tag}_clips_per_s": round(statistics.median(rates), 1),
         f"e2e_{tag}_runs": [round(x, 1) for x in rates],
+        f"e2e_{tag}_steady_clips_per_s": round(statistics.median(steady), 1),
+        f"e2e_{tag}_timeline": timelines[0],
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
     }

@@ -4,6 +4,10 @@ Without an address tagcap starts an embedded local Ray that listens on loopback 
 no dashboard unless asked (``--dashboard``, then on 127.0.0.1 too). With ``--ray-address`` it
 joins an existing cluster (tagcap must be installed on its nodes, as the deploy/ images do).
 Wherever a dashboard runs, its address is printed on stderr, so a long job can be watched.
+
+``TAGCAP_RAY_TIMELINE=PATH`` writes Ray's task timeline (Chrome trace JSON: every task and
+actor call with its worker, start and end) to PATH when the session ends: what the
+benchmarks use to see which stage a run waits on.
 """
 
 from __future__ import annotations
@@ -53,4 +57,7 @@ def ray_session(
     try:
         yield
     finally:
+        timeline = os.environ.get("TAGCAP_RAY_TIMELINE")
+        if timeline:
+            ray.timeline(filename=timeline)
         ray.shutdown()

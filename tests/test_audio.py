@@ -33,6 +33,27 @@ def test_decodes_every_supported_format_to_mono_float32(fmt, subtype):
     assert 0.1 < np.abs(clip.samples).max() < 0.5
 
 
+def test_16_bit_audio_decodes_straight_to_the_exact_int16_samples():
+    rate = 48000
+    pcm = (tone(1.0, rate, channels=2) * 32767).round().astype(np.int16)
+    for fmt in ("FLAC", "WAV"):
+        data = encode(pcm.astype(np.float32) / 32768.0, rate, fmt, "PCM_16")
+        clip = decode_clip(data, SPEC, pcm16=True)
+        assert clip.samples.dtype == np.int16 and clip.sample_rate == rate
+        expected = pcm.astype(np.int32).mean(axis=1).round().astype(np.int16)
+        assert np.array_equal(clip.samples, expected)
+        # The float path, converted, agrees to within one step of 16-bit rounding.
+        float_path = to_pcm16(decode_clip(data, SPEC).samples)
+        assert np.abs(float_path.astype(int) - clip.samples.astype(int)).max() <= 1
+    # Encodings int16 cannot hold exactly keep the float path, and its NaN check.
+    nan = tone(1.0)
+    nan[100:200] = np.nan
+    assert decode_clip(encode(tone(1.0), 16000, "WAV", "FLOAT"), SPEC, pcm16=True).samples.dtype == np.float32
+    with pytest.raises(AudioError) as info:
+        decode_clip(encode(nan, 16000, "WAV", "FLOAT"), SPEC, pcm16=True)
+    assert info.value.reason == ErrorReason.NON_FINITE
+
+
 def _reason(data: bytes, spec: DecodeSpec = SPEC) -> ErrorReason:
     with pytest.raises(AudioError) as info:
         decode_clip(data, spec)

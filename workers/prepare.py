@@ -158,13 +158,14 @@ def prepare_unit(
             _fail(errors, key, source, "join", ErrorReason.UNKNOWN_TAGS, f"no known MID among {list(unknown)}")
             continue
         try:
-            clip = decode_clip(item.audio, spec)
+            # Straight to int16 unless the audio is re-encoded from the float samples.
+            clip = decode_clip(item.audio, spec, pcm16=flac_rate is None)
         except AudioError as exc:
             _fail(errors, key, source, "decode", exc.reason, exc.detail)
             continue
         clips.append(_clip_pcm(clip, spec))
         if flac_rate is not None:
-            stored.append(encode_flac(resample(clip.samples, clip.sample_rate, flac_rate), flac_rate))
+            stored.append(encode_flac(resample(clip.as_float(), clip.sample_rate, flac_rate), flac_rate))
             ext = "flac"
         elif audio_mode == "none":
             stored.append(b"")

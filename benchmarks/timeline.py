@@ -1,0 +1,35 @@
+"""What a run's Ray timeline says: for each kind of task or actor call, how many ran, how
+long each took, and how many ran at once on average over the run (busy workers)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from typing import Any
+
+
+def summarize_timeline(path: str) -> dict[str, Any]:
+    """Chrome-trace events from ``ray.timeline`` (complete events, microseconds), grouped
+    by name; ``busy`` is summed duration over the span from the first start to the last end."""
+    with open(path) as fh:
+        events = [e for e in json.load(fh) if e.get("ph") == "X" and "dur" in e]
+    if not events:
+        return {}
+    start = min(e["ts"] for e in events)
+    end = max(e["ts"] + e["dur"] for e in events)
+    span_s = (end - start) / 1e6
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        by_name[e["name"]].append(e["dur"] / 1e6)
+    out: dict[str, Any] = {"span_s": round(span_s, 2)}
+    for name, durations in sorted(by_name.items(), key=lambda kv: -sum(kv[1])):
+        if sum(durations) < 0.01 * span_s:
+            continue  # bookkeeping events too small to matter
+        out[name] = {
+            "count": len(durations),
+            "median_s": round(statistics.median(durations), 4),
+            "total_s": round(sum(durations), 2),
+            "busy": round(sum(durations) / span_s, 2),
+        }
+    return out
