@@ -164,6 +164,15 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
     )
 
 
+def _typical_unit_bytes(prep: Prepared) -> int | None:
+    """Mean input bytes per work unit, from the sizes the plan listed (None if unknown)."""
+    sizes = [s for s in prep.plan.fingerprint.sizes if s]
+    if not sizes:
+        return None
+    per_unit = sum(sizes) / max(1, len(prep.plan.units))  # a unit may group several files
+    return int(per_unit)
+
+
 def run_caption(config: CaptionConfig) -> int:
     """Run (or resume) a caption job. Returns the process exit status."""
     prep = prepare_run(config)
@@ -222,6 +231,7 @@ def _run_leased(prep: Prepared) -> int:
         filter_spec=config.filter,
         filter_rule=config.filter_rule,
         storage_options=config.storage_options,
+        unit_bytes=_typical_unit_bytes(prep),
     )
     decode = DecodeSpec(
         sample_rate=prep.info.sample_rate,

@@ -37,7 +37,9 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs")
     p.add_argument(
-        "--max-inflight", type=int, help="work units in flight at once (default: one per free CPU + 2 per actor)"
+        "--max-inflight",
+        type=int,
+        help="work units in flight at once (default: 2 x (decode slots + actors), within half the object store)",
     )
     p.add_argument("--actor-threads", type=int, help="concurrent calls per captioner actor (default: the captioner's)")
     p.add_argument("--max-attempts", type=int, help="attempts per shard before it is reported failed")
