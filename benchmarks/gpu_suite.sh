@@ -32,7 +32,7 @@ for what in "$@"; do
                decode e2e_full e2e_none e2e_inflight 2>&1 | tee "$results/caption-pipeline.log" ;;
     ceilings) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-ceilings \
-               ceiling baseline 2>&1 | tee "$results/caption-ceilings.log" ;;
+               ceiling baseline e2e_full 2>&1 | tee "$results/caption-ceilings.log" ;;
     quick) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-quick disk e2e_none e2e 2>&1 \
                | tee "$results/caption-quick.log" ;;
