@@ -231,3 +231,27 @@ def test_caption_as_a_ray_job_on_a_ray_start_cluster(sample_input, tmp_path):
     assert f"Ray dashboard: http://127.0.0.1:{dashboard}" in logs
     o = check_output(str(out), expected_inputs=24)
     assert len(o.samples) == 24 and o.manifest["status"] == "complete"
+
+
+# --- Every cluster keeps enough idle Ray workers -------------------------------------------
+
+
+def test_every_cluster_config_sets_the_worker_limit_tagcap_sets_for_itself():
+    """The embedded Ray keeps ``worker_soft_limit(cpus)`` idle workers; a cluster started
+    from deploy/ must do the same, for the CPUs each of its nodes declares."""
+    from tagcap.pipeline.ray_runtime import worker_soft_limit
+
+    launcher = yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())
+    nodes = launcher["available_node_types"]
+    for commands, node in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "gpu_worker")):
+        start = next(c for c in launcher[commands] if "ray start" in c)
+        assert f"RAY_num_workers_soft_limit={worker_soft_limit(nodes[node]['resources']['CPU'])} " in start
+
+    (cluster,) = _yaml_documents(KUBERAY / "raycluster.yaml")
+    for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
+        container = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert int(env["RAY_num_workers_soft_limit"]) == worker_soft_limit(int(container["resources"]["limits"]["cpu"]))
+
+    assert "RAY_num_workers_soft_limit=${RAY_num_workers_soft_limit:-$((cpus + 8))}" in SLURM.read_text()
+    assert worker_soft_limit(0) == 8  # the Slurm script's formula
