@@ -223,12 +223,17 @@ def process_role(proc: psutil.Process) -> str:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
     for needle, role in (
+        # Ray retitles its workers "ray::<task>" while they run one and "ray::IDLE" between.
+        ("ray::IDLE", "idle_worker"),
         ("CaptionActor", "captioner_actor"),
         ("_prepare", "decode_worker"),
         ("_write", "write_worker"),
         ("default_worker.py", "ray_worker"),
         ("raylet", "raylet"),
         ("gcs_server", "gcs"),
+        ("dashboard", "ray_service"),
+        ("runtime_env", "ray_service"),
+        ("log_monitor", "ray_service"),
         ("tagcap", "driver"),
     ):
         if needle in cmd:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|final|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|final|memory|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -36,6 +36,9 @@ for what in "$@"; do
     final) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-final \
                decode e2e_full e2e_none memory baseline 2>&1 | tee "$results/caption-final.log" ;;
+    memory) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats 1 --results "$results" --name caption-memory \
+               e2e_full memory 2>&1 | tee "$results/caption-memory.log" ;;
     quick) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-quick disk e2e_none e2e 2>&1 \
                | tee "$results/caption-quick.log" ;;
