@@ -6,6 +6,7 @@ bad URL, a different job already in the output root) is found here before Ray st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -252,7 +253,13 @@ def _run_leased(prep: Prepared) -> int:
     t0 = time.time()
     progress = RunProgress(len(prep.plan.units), len(done), enabled=config.progress)
     try:
-        with ray_session(config.ray_address, config.num_cpus, config.object_store_memory, config.dashboard):
+        # Nothing left to do (a rerun of a finished job): no Ray to start, only the commit.
+        session = (
+            ray_session(config.ray_address, config.num_cpus, config.object_store_memory, config.dashboard)
+            if todo
+            else contextlib.nullcontext()
+        )
+        with session:
             result = run_units(
                 todo,
                 settings,

@@ -4,7 +4,10 @@ import json
 import os
 
 from tagcap.pipeline.caption import run_caption
+from tagcap.pipeline.corpus_summary import summarize
+from tagcap.pipeline.report import write_report
 from tagcap.schemas.config import CaptionConfig
+from tagcap.workers.storage import Storage
 from tests.helpers import check_output, tar_digests
 
 
@@ -52,6 +55,13 @@ def test_input_and_output_on_s3(ray_local, sample_input, s3, tmp_path):
     # resume on S3: everything committed, nothing redone
     assert run_caption(cfg(["s3://tagcap-in/shards/{000000..000003}.tar"], "s3://tagcap-out/run")) == 0
     assert fs.cat_file("tagcap-out/run/000000.tar") == (ref / "000000.tar").read_bytes()
+    # `tagcap inspect` reads the corpus and writes its report on the bucket too.
+    storage = Storage(options)
+    summary = summarize("s3://tagcap-out/run", storage)
+    assert summary.samples_written == 24 and summary.label_classes == 6 and summary.status == "complete"
+    page = write_report(summary, "s3://tagcap-out/run/report", storage)
+    assert b"tagcap corpus report" in fs.cat_file(page.removeprefix("s3://"))
+    assert fs.cat_file("tagcap-out/run/report/top_tags.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_transient_and_permanent_storage_faults(ray_local, sample_input, s3_server, s3, tmp_path):

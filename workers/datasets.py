@@ -9,7 +9,6 @@ skipped with a warning rather than stopping training.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections.abc import Iterator
@@ -18,11 +17,10 @@ from typing import Any
 
 import braceexpand
 import numpy as np
-import soundfile as sf
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from tagcap.workers.audio import AUDIO_EXTENSIONS, resample
+from tagcap.workers.audio import AUDIO_EXTENSIONS, int16_exact, read_mono, resample
 from tagcap.workers.storage import Storage
 
 
@@ -62,7 +60,7 @@ def crop(wave: np.ndarray, length: int, rng: random.Random | None) -> np.ndarray
     if wave.shape[0] > length:
         start = rng.randrange(wave.shape[0] - length + 1) if rng is not None else 0
         return wave[start : start + length]
-    out = np.zeros(length, np.float32)
+    out = np.zeros(length, wave.dtype)
     out[: wave.shape[0]] = wave
     return out
 
@@ -74,15 +72,16 @@ def decode_audio_member(sample: dict[str, Any], sample_rate: int | None) -> np.n
     return mono if sample_rate is None else resample(mono, rate, sample_rate)
 
 
-def decode_native(sample: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """(mono float32, rate) of the sample's audio member, at the file's own rate."""
+def decode_native(sample: dict[str, Any], pcm16: bool = False) -> tuple[np.ndarray, int]:
+    """(mono, rate) of the sample's audio member, at the file's own rate: float32, or int16
+    with ``pcm16`` where the encoding fits it exactly (the training loader's transport)."""
     for ext in AUDIO_EXTENSIONS:
         if ext in sample:
-            data, rate = sf.read(io.BytesIO(sample[ext]), dtype="float32", always_2d=True)
-            mono = data.mean(axis=1, dtype=np.float32)
-            if not np.isfinite(mono).all():
+            data = sample[ext]
+            mono, rate = read_mono(data, pcm16 and int16_exact(data))
+            if mono.dtype == np.float32 and not np.isfinite(mono).all():
                 raise ValueError("non-finite audio")
-            return mono, int(rate)
+            return mono, rate
     raise KeyError(f"no audio member among {sorted(k for k in sample if not k.startswith('__'))}")
 
 

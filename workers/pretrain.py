@@ -157,7 +157,7 @@ class PairStream(torch.utils.data.IterableDataset):
                 captions = sample_captions(sample_json(sample))
                 if not captions:
                     continue
-                wave, rate = decode_native(sample)
+                wave, rate = decode_native(sample, pcm16=True)
             except Exception:  # a bad sample is skipped, as webdataset's warn_and_continue does
                 continue
             # Cropped at the file's rate and kept as 16-bit PCM: the training step resamples
