@@ -317,7 +317,7 @@ def main() -> None:
         nargs="+",
         choices=[
             *("corpus", "ceiling", "decode", "baseline", "disk", "memory", "all"),
-            *("e2e", "e2e_full", "e2e_none", "e2e_inflight"),
+            *("e2e", "e2e_full", "e2e_none", "e2e_inflight", "e2e_scaling"),
         ],
     )
     ap.add_argument("--work", default="/tmp/tagcap-bench")
@@ -359,6 +359,15 @@ def main() -> None:
         # Lever: twice the default units in flight (more decode work queued ahead of the actor).
         inflight = ("--max-inflight", str(2 * (cpus + 1)))
         figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "inflight_x2", inflight))
+    if "e2e_scaling" in what:
+        # Issue 5: one captioner actor per GPU, on 1 and on every GPU, the same input.
+        gpus = max(1, torch.cuda.device_count())
+        figures["scaling_gpus"] = gpus
+        figures.update(e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "gpus1"))
+        figures.update(e2e(ckpt, corpus, args.work, args.repeats, args.batch, gpus, 1.0, f"gpus{gpus}"))
+        for kind in ("clips_per_s", "steady_clips_per_s"):
+            one, many = figures[f"e2e_gpus1_{kind}"], figures[f"e2e_gpus{gpus}_{kind}"]
+            figures[f"scaling_efficiency_{kind}"] = round(many / (gpus * one), 3)
     if "e2e_none" in what:
         # The same run storing no audio: the captioning pipeline without the output disk.
         figures.update(
