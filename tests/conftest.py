@@ -54,18 +54,11 @@ def tiny_checkpoint(ray_local, sample_input, tmp_path_factory):
     """A tiny BLAT captioner trained for a few steps on the template-captioned sample."""
     from tagcap.pipeline.caption import run_caption
     from tagcap.pipeline.cli import MODEL_PRESETS
-    from tagcap.schemas.config import CaptionConfig
     from tagcap.workers.train_captioner import TrainConfig, train_captioner
+    from tests.helpers import sample_config
 
     corpus = tmp_path_factory.mktemp("template-corpus")
-    cfg = CaptionConfig(
-        input=[sample_input.shards],
-        segments=[sample_input.segments],
-        labels=sample_input.labels,
-        output=str(corpus),
-        progress=False,
-    )
-    assert run_caption(cfg) == 0
+    assert run_caption(sample_config(sample_input, corpus)) == 0
     ckpt = tmp_path_factory.mktemp("ckpt")
     train_captioner(
         TrainConfig(

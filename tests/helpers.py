@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 import yaml
 
+from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.keys import parse_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,6 +109,18 @@ def check_output(out: str, expected_inputs: int | None = None) -> Output:
 
 def tar_digests(out: str) -> dict[str, str]:
     return {os.path.basename(p): _sha256(p) for p in sorted(glob.glob(os.path.join(out, "*.tar")))}
+
+
+def sample_config(sample, out, **options) -> CaptionConfig:
+    """A caption job over the generated sample (``tagcap sample``), progress off."""
+    return CaptionConfig(
+        input=[sample.shards],
+        segments=[sample.segments],
+        labels=sample.labels,
+        output=str(out),
+        progress=False,
+        **options,
+    )
 
 
 def cli_env() -> dict[str, str]:

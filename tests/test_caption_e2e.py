@@ -11,23 +11,16 @@ import soundfile as sf
 
 from tagcap.pipeline.caption import ConfigError, run_caption
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
-from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.keys import parse_key
-from tests.helpers import check_output, tar_digests
+from tests.helpers import check_output, sample_config, tar_digests
 
 N_CLIPS = 24  # sample_input: 4 shards x 6 clips
-
-
-def config(sample, out, **kw) -> CaptionConfig:
-    return CaptionConfig(
-        input=[sample.shards], segments=[sample.segments], labels=sample.labels, output=str(out), progress=False, **kw
-    )
 
 
 @pytest.fixture(scope="module")
 def reference_run(ray_local, sample_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    assert run_caption(config(sample_input, out)) == 0
+    assert run_caption(sample_config(sample_input, out)) == 0
     return out
 
 
@@ -51,13 +44,13 @@ def test_sample_end_to_end(reference_run, sample_input):
 
 
 def test_two_runs_give_byte_identical_shards(reference_run, sample_input, tmp_path):
-    assert run_caption(config(sample_input, tmp_path / "again", actors=2, batch_size=5)) == 0
+    assert run_caption(sample_config(sample_input, tmp_path / "again", actors=2, batch_size=5)) == 0
     assert tar_digests(str(tmp_path / "again")) == tar_digests(str(reference_run))
 
 
 def test_resume_skips_committed_and_redoes_partial_shards(reference_run, sample_input, tmp_path):
     out = tmp_path / "resume"
-    assert run_caption(config(sample_input, out)) == 0
+    assert run_caption(sample_config(sample_input, out)) == 0
     before = {name: os.stat(out / name).st_mtime_ns for name in ("000000.tar", "000003.tar")}
     # Shard 1: crashed after the tar, before its stats (not committed). Shard 2: a torn tar
     # left by something else under the final name, no stats.
@@ -66,7 +59,7 @@ def test_resume_skips_committed_and_redoes_partial_shards(reference_run, sample_
     with open(out / "000002.tar", "r+b") as fh:
         fh.truncate(1000)
     os.unlink(out / "sizes.json")
-    assert run_caption(config(sample_input, out)) == 0
+    assert run_caption(sample_config(sample_input, out)) == 0
     assert tar_digests(str(out)) == tar_digests(str(reference_run))
     assert {name: os.stat(out / name).st_mtime_ns for name in before} == before  # skipped, untouched
     check_output(str(out), expected_inputs=N_CLIPS)
@@ -74,19 +67,19 @@ def test_resume_skips_committed_and_redoes_partial_shards(reference_run, sample_
 
 def test_a_changed_configuration_is_refused_unless_overwrite(reference_run, sample_input, tmp_path):
     out = tmp_path / "changed"
-    assert run_caption(config(sample_input, out)) == 0
+    assert run_caption(sample_config(sample_input, out)) == 0
     with pytest.raises(ConfigError, match="holds a different run"):
-        run_caption(config(sample_input, out, audio="none"))
+        run_caption(sample_config(sample_input, out, audio="none"))
     # execution-only settings are not a different run
-    assert run_caption(config(sample_input, out, batch_size=3, actors=2)) == 0
-    assert run_caption(config(sample_input, out, audio="none", overwrite=True)) == 0
+    assert run_caption(sample_config(sample_input, out, batch_size=3, actors=2)) == 0
+    assert run_caption(sample_config(sample_input, out, audio="none", overwrite=True)) == 0
     o = check_output(str(out), expected_inputs=N_CLIPS)
     assert all(set(s) == {"__key__", "__url__", "__local_path__", "json"} for s in o.samples)
 
 
 def test_flac_reencode_mode(sample_input, ray_local, tmp_path):
     out = tmp_path / "flac8k"
-    assert run_caption(config(sample_input, out, audio="flac:8000")) == 0
+    assert run_caption(sample_config(sample_input, out, audio="flac:8000")) == 0
     o = check_output(str(out), expected_inputs=N_CLIPS)
     audio, rate = sf.read(io.BytesIO(o.samples[0]["flac"]))
     assert rate == 8000 and audio.ndim == 1 and abs(audio.shape[0] - 4 * 8000) <= 1

@@ -8,7 +8,7 @@ from tagcap.pipeline.corpus_summary import summarize
 from tagcap.pipeline.report import write_report
 from tagcap.schemas.config import CaptionConfig
 from tagcap.workers.storage import Storage
-from tests.helpers import check_output, tar_digests
+from tests.helpers import check_output, sample_config, tar_digests
 
 
 def test_input_and_output_on_s3(ray_local, sample_input, s3, tmp_path):
@@ -43,14 +43,7 @@ def test_input_and_output_on_s3(ray_local, sample_input, s3, tmp_path):
     o = check_output(str(local), expected_inputs=24)
     assert len(o.samples) == 24
     ref = tmp_path / "ref"
-    local_cfg = CaptionConfig(
-        input=[sample_input.shards],
-        segments=[sample_input.segments],
-        labels=sample_input.labels,
-        output=str(ref),
-        progress=False,
-    )
-    assert run_caption(local_cfg) == 0
+    assert run_caption(sample_config(sample_input, ref)) == 0
     assert tar_digests(str(local)) == tar_digests(str(ref))
     # resume on S3: everything committed, nothing redone
     assert run_caption(cfg(["s3://tagcap-in/shards/{000000..000003}.tar"], "s3://tagcap-out/run")) == 0
