@@ -160,6 +160,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dashboard_flags(port: int) -> list[str]:
+    """The dashboard on ``port`` and its agents on free ports: the agents' default ports are
+    already taken by the test session's own embedded Ray, and a head whose agent cannot bind
+    answers every job submission with "No available agent"."""
+    return [
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2, dashboard_port: int | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """A `ray start --head` cluster on 127.0.0.1; yields (address, env for its clients).
@@ -180,11 +195,7 @@ def ray_head(num_cpus: int = 2, dashboard_port: int | None = None) -> Iterator[t
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
             f"--num-cpus={num_cpus}",
-            *(
-                ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
-                if dashboard_port
-                else ["--include-dashboard=false"]
-            ),
+            *(_dashboard_flags(dashboard_port) if dashboard_port else ["--include-dashboard=false"]),
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],

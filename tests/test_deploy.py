@@ -221,7 +221,7 @@ def test_caption_as_a_ray_job_on_a_ray_start_cluster(sample_input, tmp_path):
         # Right after `ray start` the head's job agent may not be up yet ("No available agent
         # to submit job, please try again later"): retry that, and only that, for a minute.
         for _ in range(30):
-            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=240)
             if "No available agent" not in proc.stderr:
                 break
             time.sleep(2)
