@@ -311,7 +311,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     with tqdm(desc="inspect", unit="shard", disable=not args.progress, file=sys.stderr) as bar:
         try:
-            summary = summarize(args.output, on_shard=lambda _: bar.update(1))
+            summary = summarize(args.output, on_shard=lambda _: bar.update(1), on_start=lambda n: bar.reset(total=n))
         except (OSError, ValueError) as exc:
             print(f"tagcap inspect: error: {exc}", file=sys.stderr)
             return 2

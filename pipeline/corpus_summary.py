@@ -157,11 +157,15 @@ def _throughput(stats: Iterable[ShardStats]) -> tuple[list[ThroughputPoint], flo
 
 
 def summarize(
-    output: str, storage: Storage | None = None, on_shard: Callable[[str], None] | None = None
+    output: str,
+    storage: Storage | None = None,
+    on_shard: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> CorpusSummary:
     """Read ``output``'s manifest, stats, index and error files into one summary.
 
-    ``on_shard`` is called after each shard is read (progress for a large corpus).
+    ``on_start`` is called with the number of committed shards, ``on_shard`` after each
+    shard is read (progress for a large corpus).
     Raises FileNotFoundError where ``output`` holds neither a manifest nor a committed shard.
     """
     storage = storage or Storage()
@@ -170,6 +174,8 @@ def summarize(
     shards = committed_shards(layout, storage) if storage.exists(output) else set()
     if manifest is None and not shards:
         raise FileNotFoundError(f"{output}: no tagcap output here (no manifest.json, no committed shard)")
+    if on_start:
+        on_start(len(shards))
     stats = read_stats(layout, storage, shards)
 
     acc = _Accumulator()
