@@ -79,6 +79,23 @@ def captioned_corpus(work: str, shards: int, clips_per_shard: int) -> str:
     return os.path.join(out, f"{{000000..{shards - 1:06d}}}.tar")
 
 
+def bench_config(urls: str, out: str, batch: int, steps: int, workers: int, tiny: bool) -> PretrainConfig:
+    """The benchmarked training run: logs every step (the step times come from its metrics)."""
+    return PretrainConfig(
+        train=[urls],
+        out=out,
+        model=TINY if tiny else {},
+        steps=steps,
+        batch_size=batch,
+        num_workers=workers,
+        checkpoint_every=steps,
+        log_every=1,
+        warmup_steps=5,
+        shuffle_buffer=256,
+        progress=False,
+    )
+
+
 def steps_from_metrics(out: str, warmup: int) -> list[float]:
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh if '"loss"' in line]
@@ -125,19 +142,7 @@ def main() -> None:
     urls = captioned_corpus(args.work, args.shards, args.clips_per_shard)
     out = os.path.join(args.work, "pretrain-run")
     subprocess.run(["rm", "-rf", out], check=True)
-    cfg = PretrainConfig(
-        train=[urls],
-        out=out,
-        model=TINY if args.tiny else {},
-        steps=args.steps,
-        batch_size=args.batch,
-        num_workers=args.workers,
-        checkpoint_every=args.steps,
-        log_every=1,
-        warmup_steps=5,
-        shuffle_buffer=256,
-        progress=False,
-    )
+    cfg = bench_config(urls, out, args.batch, args.steps, args.workers, args.tiny)
     pretrain(cfg)
     streaming = steps_from_metrics(out, args.warmup)
     memory = in_memory_steps(cfg, args.steps, args.warmup)

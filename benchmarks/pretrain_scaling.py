@@ -31,9 +31,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, write_results
-from pretrain_bench import TINY, captioned_corpus, steps_from_metrics, use_minilm_shape
+from pretrain_bench import bench_config, captioned_corpus, steps_from_metrics, use_minilm_shape
 from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, average_gradients, info_nce
-from tagcap.workers.pretrain import PretrainConfig, pretrain
+from tagcap.workers.pretrain import pretrain
 
 # The loss check's model: small, fp32, eval mode (BatchNorm on running statistics, so the
 # check is about the gathered loss, not about per-rank batch statistics).
@@ -116,21 +116,7 @@ def rank_run(args: argparse.Namespace) -> None:
     """Run under torchrun: the real training loop, one rank per GPU."""
     if args.text_shape:
         use_minilm_shape(args.text_shape)
-    pretrain(
-        PretrainConfig(
-            train=[args.urls],
-            out=args.out,
-            model=TINY if args.tiny else {},
-            steps=args.steps,
-            batch_size=args.batch,
-            num_workers=args.workers,
-            checkpoint_every=args.steps,
-            log_every=1,
-            warmup_steps=5,
-            shuffle_buffer=256,
-            progress=False,
-        )
-    )
+    pretrain(bench_config(args.urls, args.out, args.batch, args.steps, args.workers, args.tiny))
 
 
 def _torchrun(n: int, *script_args: str) -> None:
