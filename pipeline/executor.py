@@ -146,8 +146,9 @@ def inflight_limit(
 ) -> int:
     """Work units in flight at once, by default: twice the units that can decode at once
     (every CPU the actors leave free, less one kept for the write tasks) plus two per actor,
-    so a decode task that finishes always finds its next unit queued (on one H100 and 16
-    cores, doubling it raised the steady rate from 825 to 1,000 clips/s). A unit in flight
+    so a decode task that finishes always finds its next unit queued (Ray's timeline showed
+    decode slots idle with one unit per slot; on one H100 and 16 cores doubling it was a
+    small gain at most, 513 -> 540 clips/s over the task span). A unit in flight
     holds about three times its input bytes in the object store (its audio bytes and its
     PCM, about twice compressed FLAC), so the count is capped to keep them within half the
     store; bounded either way, so memory does not grow with the corpus."""

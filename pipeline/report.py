@@ -38,15 +38,20 @@ def _figure(width: float = 6.4, height: float = 3.6, counts_on: Literal["x", "y"
     return fig, ax
 
 
+def _barh(counts: list[tuple[str, int]], title: str, xlabel: str, color: str, row_inches: float) -> Figure:
+    """Horizontal bars, the first of ``counts`` on top."""
+    rows = counts[::-1]
+    fig, ax = _figure(6.4, 1.0 + row_inches * len(rows), counts_on="x")
+    ax.barh([name for name, _ in rows], [n for _, n in rows], color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return fig
+
+
 def _errors_plot(s: CorpusSummary) -> Figure | None:
     if not s.errors_by_reason:
         return None
-    reasons = list(s.errors_by_reason)[::-1]
-    fig, ax = _figure(6.4, 0.9 + 0.32 * len(reasons), counts_on="x")
-    ax.barh(reasons, [s.errors_by_reason[r] for r in reasons], color="#b5473a")
-    ax.set_xlabel("samples")
-    ax.set_title("Failed samples by reason")
-    return fig
+    return _barh(list(s.errors_by_reason.items()), "Failed samples by reason", "samples", "#b5473a", 0.32)
 
 
 def _captions_per_clip_plot(s: CorpusSummary) -> Figure | None:
@@ -74,12 +79,8 @@ def _caption_length_plot(s: CorpusSummary) -> Figure | None:
 def _tags_plot(s: CorpusSummary) -> Figure | None:
     if not s.top_tags:
         return None
-    tags = s.top_tags[::-1]
-    fig, ax = _figure(6.4, 1.0 + 0.26 * len(tags), counts_on="x")
-    ax.barh([t for t, _ in tags], [n for _, n in tags], color=_COLOR)
-    ax.set_xlabel("clips")
-    ax.set_title(f"Top {len(tags)} tags")
-    ax.tick_params(axis="y", labelsize=8)
+    fig = _barh(s.top_tags, f"Top {len(s.top_tags)} tags", "clips", _COLOR, 0.26)
+    fig.axes[0].tick_params(axis="y", labelsize=8)
     return fig
 
 

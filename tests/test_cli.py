@@ -1,5 +1,6 @@
 """The command line: config files, and bad configurations failing at once, before Ray."""
 
+import json
 import subprocess
 
 import yaml
@@ -8,8 +9,8 @@ from tagcap.pipeline.cli import build_parser, caption_config
 from tests.helpers import caption_args, check_output, cli_env, tagcap_cmd
 
 
-def _run(*args, timeout=120):
-    return subprocess.run(tagcap_cmd(*args), capture_output=True, text=True, env=cli_env(), timeout=timeout)
+def _run(*args, timeout=120, **env):
+    return subprocess.run(tagcap_cmd(*args), capture_output=True, text=True, env={**cli_env(), **env}, timeout=timeout)
 
 
 def _assert_fails_fast(proc, needle, out_dir):
@@ -83,9 +84,16 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
         str(80 * 1024 * 1024),
         "--dashboard",
         timeout=300,
+        TAGCAP_RAY_TIMELINE=str(tmp_path / "timeline.json"),
     )
     assert proc.returncode == 0, proc.stderr
     assert "Ray dashboard: http://127.0.0.1:" in proc.stderr  # on loopback, and said where
     assert "caption: 100%" in proc.stderr and "2/2" in proc.stderr  # the progress bar
     assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr
     check_output(str(tmp_path / "out"), expected_inputs=6)
+    # The run's Ray timeline: a decode task per unit, and the write tasks and captioner calls
+    # (Ray may not flush the very last events of a worker before shutdown: at least one each).
+    events = json.loads((tmp_path / "timeline.json").read_text())
+    names = [e["name"] for e in events if e.get("ph") == "X"]
+    assert sum(n.endswith("executor._prepare") for n in names) == 2
+    assert sum(n.endswith("executor._write") for n in names) >= 1 and "caption" in names

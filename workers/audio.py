@@ -72,7 +72,7 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     if 0 < info.frames < 2**62 and info.frames / rate > spec.max_clip_seconds:
         raise AudioError(ErrorReason.TOO_LONG, f"{info.frames / rate:.1f} s > {spec.max_clip_seconds} s")
     try:
-        mono, rate = read_mono(data, pcm16 and info.subtype in _INT16_EXACT)
+        mono, rate = read_mono(data, pcm16)
     except Exception as exc:
         raise AudioError(ErrorReason.DECODE_ERROR, str(exc)) from None
     if mono.shape[0] == 0:
@@ -87,16 +87,13 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     return DecodedClip(np.ascontiguousarray(mono), int(rate))
 
 
-def int16_exact(data: bytes) -> bool:
-    """Whether the encoding's samples fit int16 exactly (16- and 8-bit PCM, FLAC included)."""
-    return sf.info(io.BytesIO(data)).subtype in _INT16_EXACT
-
-
-def read_mono(data: bytes, as_int16: bool) -> tuple[np.ndarray, int]:
-    """Decode to mono at the file's rate: int16 (``as_int16``; only for encodings
-    :func:`int16_exact` accepts, or samples are truncated) or float32. Raises what
-    soundfile raises."""
-    samples, rate = sf.read(io.BytesIO(data), dtype="int16" if as_int16 else "float32", always_2d=True)
+def read_mono(data: bytes, pcm16: bool) -> tuple[np.ndarray, int]:
+    """Decode to mono at the file's rate: int16 where ``pcm16`` and the encoding fits int16
+    exactly (16- and 8-bit PCM, FLAC included), else float32. Raises what soundfile raises."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        as_int16 = pcm16 and f.subtype in _INT16_EXACT
+        samples = f.read(dtype="int16" if as_int16 else "float32", always_2d=True)
+        rate = f.samplerate
     if samples.shape[1] == 1:
         mono = samples[:, 0]
     elif as_int16:

@@ -20,7 +20,7 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from tagcap.workers.audio import AUDIO_EXTENSIONS, int16_exact, read_mono, resample
+from tagcap.workers.audio import AUDIO_EXTENSIONS, read_mono, resample
 from tagcap.workers.storage import Storage
 
 
@@ -77,8 +77,7 @@ def decode_native(sample: dict[str, Any], pcm16: bool = False) -> tuple[np.ndarr
     with ``pcm16`` where the encoding fits it exactly (the training loader's transport)."""
     for ext in AUDIO_EXTENSIONS:
         if ext in sample:
-            data = sample[ext]
-            mono, rate = read_mono(data, pcm16 and int16_exact(data))
+            mono, rate = read_mono(sample[ext], pcm16)
             if mono.dtype == np.float32 and not np.isfinite(mono).all():
                 raise ValueError("non-finite audio")
             return mono, rate

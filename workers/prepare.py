@@ -158,8 +158,7 @@ def prepare_unit(
             _fail(errors, key, source, "join", ErrorReason.UNKNOWN_TAGS, f"no known MID among {list(unknown)}")
             continue
         try:
-            # Straight to int16 unless the audio is re-encoded from the float samples.
-            clip = decode_clip(item.audio, spec, pcm16=flac_rate is None)
+            clip = decode_clip(item.audio, spec, pcm16=True)
         except AudioError as exc:
             _fail(errors, key, source, "decode", exc.reason, exc.detail)
             continue
