@@ -10,7 +10,8 @@ A cluster tagcap joins should be started with the same worker limit
 
 ``TAGCAP_RAY_TIMELINE=PATH`` writes Ray's task timeline (Chrome trace JSON: every task and
 actor call with its worker, start and end) to PATH when the session ends: what the
-benchmarks use to see which stage a run waits on.
+benchmarks use to see which stage a run waits on. The captioner actors are killed at the end
+of a run, so their last calls (on a short run, all of them) may be missing from it.
 """
 
 from __future__ import annotations
