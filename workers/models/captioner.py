@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagcap.workers.models.beam_search import GraphCache, SearchShape, initial_state, run_search
 from tagcap.workers.models.cnn14 import CNN14Encoder, EncoderConfig
 from tagcap.workers.models.frontend import FrontendConfig, LogMel
 from tagcap.workers.models.vocab import BOS, EOS, PAD
@@ -121,6 +122,20 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.cross_attn(self.norm2(x), cross, None))
         x = x + self.drop(self.ff(self.norm3(x)))
         return x, (k, v)
+
+    def cached_step(
+        self, x: torch.Tensor, cross: KV, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
+        """One new position ``x`` (B, 1, d) written into fixed-size caches at position
+        ``at`` (a 1-element tensor, so the step never reads it on the host); ``mask``
+        (B, 1, 1, positions) says which cached positions exist."""
+        h = self.norm1(x)
+        k, v = self.self_attn.kv(h)
+        keys.index_copy_(2, at, k.to(keys.dtype))
+        values.index_copy_(2, at, v.to(values.dtype))
+        x = x + self.drop(self.self_attn(h, (keys, values), mask))
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross, None))
+        return x + self.drop(self.ff(self.norm3(x)))
 
 
 @dataclass
@@ -250,57 +265,24 @@ class TagGuidedCaptioner(nn.Module):
         beam_size: int = 3,
         max_words: int | None = None,
         min_words: int = 1,
+        graphs: GraphCache | None = None,
     ) -> Generated:
+        """Batched beam search (see ``beam_search``). ``graphs``: replay each step as a
+        CUDA graph captured once per batch shape (on a GPU only; same results)."""
         max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
         b, k, device = waveforms.shape[0], beam_size, waveforms.device
-        memory = self.encode(waveforms).repeat_interleave(k, dim=0)
-        cross = self._cross_kv(memory)
+        cross = self._cross_kv(self.encode(waveforms).repeat_interleave(k, dim=0))
         multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
         tag_add = self._tag_add(multi_hot.repeat_interleave(k, dim=0))
-        caches: list[KV] | None = None
-        key_mask = torch.zeros(b * k, 0, dtype=torch.bool, device=device)
-        if self.cfg.prefix_len:
-            px, pmask = self._prefix(prefix_ids.repeat_interleave(k, dim=0))
-            key_mask = pmask
-            _, caches = self._run_layers(px, cross, key_mask, None)
-        tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
-        scores = torch.zeros(b, k, device=device)
-        scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-        finished = torch.zeros(b * k, dtype=torch.bool, device=device)
-        base = (torch.arange(b, device=device) * k)[:, None]
-        for step in range(max_words + 1):
-            x = self._embed_tokens(tokens[:, -1:], self.cfg.prefix_len + step, tag_add)
-            key_mask = torch.cat([key_mask, torch.ones(b * k, 1, dtype=torch.bool, device=device)], dim=1)
-            h, caches = self._run_layers(x, cross, key_mask, caches)
-            logp = F.log_softmax(self.out(h[:, -1]).float(), dim=-1)
-            logp[:, PAD] = float("-inf")
-            logp[:, BOS] = float("-inf")
-            if step < min_words:  # a caption has at least min_words words
-                logp[:, EOS] = float("-inf")
-            if step == max_words:  # out of words: every open hypothesis must end here
-                logp[~finished] = torch.where(
-                    torch.arange(logp.shape[1], device=device) == EOS, logp[~finished], float("-inf")
-                )
-            logp[finished] = float("-inf")
-            logp[finished, EOS] = 0.0  # a finished hypothesis stays as it is
-            vocab = logp.shape[1]
-            cand = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
-            scores, flat = cand.topk(k, dim=1)
-            beam = flat // vocab
-            word = flat % vocab
-            order = (base + beam).reshape(-1)
-            tokens = torch.cat([tokens[order], word.reshape(-1, 1)], dim=1)
-            finished = finished[order] | (word.reshape(-1) == EOS)
-            caches = [(kc[order], vc[order]) for kc, vc in caches]
-            key_mask = key_mask[order]
-            if bool(finished.all()):
-                break
+        prefix = self._prefix(prefix_ids.repeat_interleave(k, dim=0)) if self.cfg.prefix_len else None
+        shape = SearchShape(clips=b, beams=k, max_words=max_words, min_words=min_words)
+        start = initial_state(self, shape, cross, tag_add, prefix)
+        rows, scores = run_search(self, shape, start, graphs if device.type == "cuda" else None)
         out_tokens: list[list[list[int]]] = []
-        rows = tokens[:, 1:].tolist()
         for i in range(b):
             hyps = []
             for j in range(k):
                 seq = rows[i * k + j]
                 hyps.append(seq[: seq.index(EOS)] if EOS in seq else seq)
             out_tokens.append(hyps)
-        return Generated(out_tokens, scores.tolist())
+        return Generated(out_tokens, scores)
