@@ -46,6 +46,7 @@ from common import (
 )
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers.audio import decode_clip, fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.storage import Storage
 from timeline import summarize_timeline
@@ -68,7 +69,7 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
     tags = [[int(t) for t in rng.choice(ckpt.tags.__len__(), rng.integers(1, 5), replace=False)] for _ in range(4096)]
     out: dict[str, Any] = {"variants": []}
 
-    def run(batch: int, on_gpu: bool, bf16: bool) -> float:
+    def run(batch: int, on_gpu: bool, bf16: bool, graphs: GraphCache | None) -> float:
         pcm = (rng.standard_normal((batch, RATE * 10)) * 3000).astype(np.int16)
         wave = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
         rows = tags[:batch]
@@ -76,7 +77,7 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
         def once() -> None:
             x = wave if on_gpu else model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-                model.generate(x, rows, beam_size=3, max_words=20, min_words=1)
+                model.generate(x, rows, beam_size=3, max_words=20, min_words=1, graphs=graphs)
 
         once()
         _sync()
@@ -89,16 +90,33 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
             rates.append(batch * iters / (time.perf_counter() - start))
         return statistics.median(rates)
 
+    graphs = GraphCache() if device.type == "cuda" else None
     for batch in batches:
-        for on_gpu, bf16 in ((True, True), (False, True), (True, False)):
-            if not bf16 and batch != batches[-1]:
-                continue
-            rate = run(batch, on_gpu, bf16)
-            row = {"batch": batch, "input": "gpu_32k_float" if on_gpu else "host_48k_pcm16", "bf16": bf16}
+        variants = [(True, True, graphs), (True, True, None), (False, True, graphs)]
+        if batch == batches[-1]:
+            variants.append((True, False, graphs))
+        for on_gpu, bf16, graph in variants:
+            rate = run(batch, on_gpu, bf16, graph)
+            row = {
+                "batch": batch,
+                "input": "gpu_32k_float" if on_gpu else "host_48k_pcm16",
+                "bf16": bf16,
+                "cuda_graphs": graph is not None,
+            }
             out["variants"].append({**row, "clips_per_s": round(rate, 1)})
             print("ceiling", row, f"{rate:.0f} clips/s", flush=True)
-    best_gpu = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "gpu_32k_float" and v["bf16"])
-    best_host = max(v["clips_per_s"] for v in out["variants"] if v["input"] == "host_48k_pcm16")
+    # The graphed search must say what the eager one says (same kernels, same order).
+    pcm = (rng.standard_normal((batches[0], RATE * 10)) * 3000).astype(np.int16)
+    wave = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        eager = model.generate(wave, tags[: batches[0]], beam_size=3, max_words=20)
+        graphed = model.generate(wave, tags[: batches[0]], beam_size=3, max_words=20, graphs=graphs)
+    out["cuda_graphs_same_tokens"] = eager.tokens == graphed.tokens
+    out["cuda_graphs_max_score_diff"] = float(np.abs(np.array(eager.scores) - np.array(graphed.scores)).max())
+    print("graphs agree with eager:", out["cuda_graphs_same_tokens"], out["cuda_graphs_max_score_diff"], flush=True)
+    chosen = [v for v in out["variants"] if v["bf16"] and v["cuda_graphs"] == (graphs is not None)]
+    best_gpu = max(v["clips_per_s"] for v in chosen if v["input"] == "gpu_32k_float")
+    best_host = max(v["clips_per_s"] for v in chosen if v["input"] == "host_48k_pcm16")
     # Give the GPU back before tagcap's own actor needs it (the float32 variant alone keeps
     # tens of GB in PyTorch's cache).
     model = ckpt = None  # drop the references; the closure above is done

@@ -89,12 +89,35 @@ class ModelBatch:
 
 
 @dataclass
+class PackedBytes:
+    """Many byte strings as one array plus offsets. A unit's audio crosses the object
+    store this way: one buffer is written once and read back without a copy (Ray hands
+    NumPy arrays over out of band), where a list of 256 ``bytes`` was pickled into the
+    object and copied out again (0.6 s per unit of 170 MB on the H100 machine)."""
+
+    data: np.ndarray  # uint8
+    offsets: np.ndarray  # int64, len(items) + 1
+
+    @classmethod
+    def pack(cls, items: list[bytes]) -> PackedBytes:
+        offsets = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([len(b) for b in items], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(items), np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> memoryview:
+        return memoryview(self.data[self.offsets[i] : self.offsets[i + 1]])
+
+
+@dataclass
 class UnitPayload:
     """Writer input for one unit, in input order."""
 
     unit: WorkUnit
     samples: list[SampleMeta]
-    audio: list[bytes]  # aligned with samples; empty bytes for --audio none
+    audio: PackedBytes  # aligned with samples; empty for --audio none
     errors: list[ErrorRecord]
     samples_in: int  # every input sample seen, good or bad
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
 from tagcap.workers.models.vocab import BOS, EOS, PAD, TagVocabulary, Vocabulary, tokenize
@@ -88,6 +89,20 @@ def test_batched_beam_search_matches_one_clip_reference(fusion, beam_size):
         lengths.update(len(t) for t in out.tokens[i])
     if beam_size > 1:
         assert len(lengths) > 1  # hypotheses of different lengths were compared
+
+
+@pytest.mark.parametrize("fusion", ["add", "prefix"])
+def test_padding_a_batch_to_its_graph_bucket_changes_nothing(fusion):
+    """The GPU path rounds a batch up to a bucket of rows (so that one captured graph
+    serves units that lost a few clips); the empty rows must not change the real ones."""
+    model = tiny_model(fusion)
+    torch.manual_seed(2)
+    waves = torch.randn(5, model.clip_samples) * 0.3
+    tags = [[0, 1], [2], [], [5, 4, 3, 2], [1]]
+    plain = model.generate(waves, tags, beam_size=3)
+    padded = model.generate(waves, tags, beam_size=3, graphs=GraphCache(bucket=4))  # 5 -> 8 rows
+    assert padded.tokens == plain.tokens
+    assert len(padded.scores) == 5 and np.allclose(padded.scores, plain.scores, atol=1e-5)
 
 
 def test_tags_change_what_is_generated():

@@ -17,7 +17,7 @@ import numpy as np
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.keys import ClipId, clip_id_from_json, make_key, parse_clip_name
 from tagcap.schemas.records import ErrorReason, ErrorRecord
-from tagcap.schemas.work import DecodeSpec, ModelBatch, SampleMeta, UnitPayload, WorkUnit
+from tagcap.schemas.work import DecodeSpec, ModelBatch, PackedBytes, SampleMeta, UnitPayload, WorkUnit
 from tagcap.workers.audio import (
     AudioError,
     DecodedClip,
@@ -193,5 +193,7 @@ def prepare_unit(
         mids=[list(m.mids) for m in metas],
         keys=[m.key for m in metas],
     )
-    payload = UnitPayload(unit=unit, samples=metas, audio=stored, errors=errors, samples_in=samples_in)
+    payload = UnitPayload(
+        unit=unit, samples=metas, audio=PackedBytes.pack(stored), errors=errors, samples_in=samples_in
+    )
     return batch, payload

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +57,31 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+class _TarStream:
+    """Writes a ustar archive member by member straight to a file: a header, the bytes, the
+    padding, and at the end what ``tarfile`` writes when it closes (two zero blocks, then
+    zeros to a whole record), so the archive is byte for byte what ``tarfile`` makes.
+    ``tarfile.addfile`` copies every member through 16 kB reads of a file object; this
+    writes each member's buffer once, as it came out of the object store."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh = fh
+        self.offset = 0
+
+    def add(self, name: str, data: bytes | memoryview) -> None:
+        size = len(data)
+        header = _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        pad = -size % tarfile.BLOCKSIZE
+        self.fh.write(header)
+        self.fh.write(data)
+        self.fh.write(b"\0" * pad)
+        self.offset += len(header) + size + pad
+
+    def close(self) -> None:
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        self.fh.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+
+
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
@@ -81,8 +106,9 @@ def write_shard(
     spool = storage.spool_dir(layout.tmp_dir)
     fd, tmp_tar = tempfile.mkstemp(prefix=f"{shard}.", suffix=".tar.part", dir=spool)
     try:
-        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for meta, audio, result in zip(payload.samples, payload.audio, results, strict=True):
+        with os.fdopen(fd, "wb") as fh:
+            tar = _TarStream(fh)
+            for i, (meta, result) in enumerate(zip(payload.samples, results, strict=True)):
                 if result.text is None:
                     reason = ErrorReason.FILTERED if result.error == "filtered" else ErrorReason.CAPTION_ERROR
                     errors.append(ErrorRecord(meta.key, meta.source, "caption", reason, result.error or ""))
@@ -107,9 +133,8 @@ def write_shard(
                     ),
                 )
                 if meta.audio_ext:
-                    tar.addfile(_tarinfo(f"{meta.key}.{meta.audio_ext}", len(audio)), io.BytesIO(audio))
-                blob = record.to_json_bytes()
-                tar.addfile(_tarinfo(f"{meta.key}.json", len(blob)), io.BytesIO(blob))
+                    tar.add(f"{meta.key}.{meta.audio_ext}", payload.audio[i])
+                tar.add(f"{meta.key}.json", record.to_json_bytes())
                 index_rows.append(
                     {
                         "key": meta.key,
@@ -125,6 +150,7 @@ def write_shard(
                         "clap_score": result.score,
                     }
                 )
+            tar.close()
         tar_bytes = os.path.getsize(tmp_tar)
         storage.publish_file(tmp_tar, layout.tar(shard))
     except BaseException:

@@ -2,8 +2,9 @@
 folder. Loads once per actor, on the actor's GPU when it has one, bf16 autocast there.
 
 Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``min_words`` (1),
-``candidates``
-(how many n-best hypotheses to return per clip; default all ``beam_size``).
+``candidates`` (how many n-best hypotheses to return per clip; default all ``beam_size``),
+``cuda_graphs`` (true: on a GPU, each beam step is replayed as a CUDA graph captured once
+per batch size; the same captions, without the per-kernel launch cost).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
 from tagcap.workers.storage import Storage
 
@@ -27,6 +29,11 @@ def _params(config: dict[str, Any]) -> dict[str, Any]:
         "min_words": int(config.get("min_words", 1)),
         "candidates": int(config.get("candidates", beam)),
     }
+
+
+def _use_cuda_graphs(config: dict[str, Any]) -> bool:
+    value = config.get("cuda_graphs", True)
+    return value if isinstance(value, bool) else str(value).lower() not in ("0", "false", "no", "off")
 
 
 class BlatCaptioner:
@@ -63,6 +70,7 @@ class BlatCaptioner:
         storage = Storage(config.get("storage_options") or {})
         self.ckpt = load_captioner(target, storage, self.device)
         self.info = self.describe(target, config)
+        self.graphs = GraphCache() if self.device.type == "cuda" and _use_cuda_graphs(config) else None
         if self.info.checkpoint_sha256 != self.ckpt.sha256:
             raise RuntimeError(f"{target} changed while loading")
 
@@ -79,6 +87,7 @@ class BlatCaptioner:
                 beam_size=self.params["beam_size"],
                 max_words=self.params["max_words"],
                 min_words=self.params["min_words"],
+                graphs=self.graphs,
             )
         results = []
         for hyps, scores in zip(out.tokens, out.scores, strict=True):

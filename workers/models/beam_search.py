@@ -198,11 +198,17 @@ class _CapturedSearch:
 class GraphCache:
     """Captured searches by shape, each used by one thread at a time (the captioner actor
     runs two calls at once; they must not share buffers). A shape's graph is captured on
-    first use, so the first batch of each size pays a capture (tens of milliseconds)."""
+    first use (tens of milliseconds). Batch sizes are rounded up to a multiple of
+    ``bucket`` clips, so that units that lost a few clips to errors share a graph instead
+    of each capturing (and holding GPU memory for) their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, bucket: int = 32) -> None:
+        self.bucket = bucket
         self._lock = threading.Lock()
         self._free: dict[SearchShape, list[_CapturedSearch]] = {}
+
+    def padded_clips(self, clips: int) -> int:
+        return -(-clips // self.bucket) * self.bucket
 
     def search(self, model: TagGuidedCaptioner, shape: SearchShape, start: BeamState) -> tuple[BeamState, object]:
         """Run a search; returns its final state and a token to hand back to :meth:`release`
@@ -223,8 +229,9 @@ class GraphCache:
 def run_search(
     model: TagGuidedCaptioner, shape: SearchShape, start: BeamState, graphs: GraphCache | None
 ) -> tuple[list[list[int]], list[list[float]]]:
-    """Token rows (without ``<bos>``) and per-clip scores of a finished search."""
-    if graphs is None:
+    """Token rows (without ``<bos>``) and per-clip scores of a finished search. CUDA graphs
+    exist on GPUs only: elsewhere the step runs eagerly."""
+    if graphs is None or start.tokens.device.type != "cuda":
         state = start
         for _ in range(shape.max_words + 1):
             beam_step(model, state, shape)

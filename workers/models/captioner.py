@@ -27,7 +27,7 @@ from torch import nn
 from tagcap.workers.models.beam_search import GraphCache, SearchShape, initial_state, run_search
 from tagcap.workers.models.cnn14 import CNN14Encoder, EncoderConfig
 from tagcap.workers.models.frontend import FrontendConfig, LogMel
-from tagcap.workers.models.vocab import BOS, EOS, PAD
+from tagcap.workers.models.vocab import EOS, PAD
 
 TAG_FUSIONS = ("add", "prefix", "none")
 
@@ -268,16 +268,24 @@ class TagGuidedCaptioner(nn.Module):
         graphs: GraphCache | None = None,
     ) -> Generated:
         """Batched beam search (see ``beam_search``). ``graphs``: replay each step as a
-        CUDA graph captured once per batch shape (on a GPU only; same results)."""
+        CUDA graph captured once per batch size rounded up to the cache's bucket (the
+        extra rows empty and dropped); on a CPU the padded search runs eagerly. The same
+        results either way."""
         max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
         b, k, device = waveforms.shape[0], beam_size, waveforms.device
-        cross = self._cross_kv(self.encode(waveforms).repeat_interleave(k, dim=0))
+        memory = self.encode(waveforms)
         multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
+        clips = graphs.padded_clips(b) if graphs is not None else b
+        if clips > b:  # rows that only keep the graph's shape: no audio, no tags, ignored
+            memory = F.pad(memory, (0, 0, 0, 0, 0, clips - b))
+            multi_hot = F.pad(multi_hot, (0, 0, 0, clips - b))
+            prefix_ids = F.pad(prefix_ids, (0, 0, 0, clips - b), value=self.cfg.n_tags)
+        cross = self._cross_kv(memory.repeat_interleave(k, dim=0))
         tag_add = self._tag_add(multi_hot.repeat_interleave(k, dim=0))
         prefix = self._prefix(prefix_ids.repeat_interleave(k, dim=0)) if self.cfg.prefix_len else None
-        shape = SearchShape(clips=b, beams=k, max_words=max_words, min_words=min_words)
+        shape = SearchShape(clips=clips, beams=k, max_words=max_words, min_words=min_words)
         start = initial_state(self, shape, cross, tag_add, prefix)
-        rows, scores = run_search(self, shape, start, graphs if device.type == "cuda" else None)
+        rows, scores = run_search(self, shape, start, graphs)
         out_tokens: list[list[list[int]]] = []
         for i in range(b):
             hyps = []
@@ -285,4 +293,4 @@ class TagGuidedCaptioner(nn.Module):
                 seq = rows[i * k + j]
                 hyps.append(seq[: seq.index(EOS)] if EOS in seq else seq)
             out_tokens.append(hyps)
-        return Generated(out_tokens, scores)
+        return Generated(out_tokens, scores[:b])
