@@ -1,5 +1,6 @@
 """What a run's Ray timeline says: for each kind of task or actor call, how many ran, how
-long each took, and how many ran at once on average over the run (busy workers)."""
+long each took, how many ran at once on average over the run (busy workers), and over each
+tenth of the run (where fill, steady state and drain show)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,26 @@ def summarize_timeline(path: str) -> dict[str, Any]:
     for name, durations in sorted(by_name.items(), key=lambda kv: -sum(kv[1])):
         if sum(durations) < 0.01 * span_s:
             continue  # bookkeeping events too small to matter
+        mine = [e for e in events if e["name"] == name]
         out[name] = {
             "count": len(durations),
             "median_s": round(statistics.median(durations), 4),
             "total_s": round(sum(durations), 2),
             "busy": round(sum(durations) / span_s, 2),
+            "first_start_s": round((min(e["ts"] for e in mine) - start) / 1e6, 2),
+            "last_end_s": round((max(e["ts"] + e["dur"] for e in mine) - start) / 1e6, 2),
+            "busy_by_tenth": _busy_by_window(mine, start, end, 10),
         }
     return out
+
+
+def _busy_by_window(events: list[dict[str, Any]], start: float, end: float, windows: int) -> list[float]:
+    """Average number of these events running at once in each of ``windows`` equal slices."""
+    width = (end - start) / windows
+    busy = [0.0] * windows
+    for e in events:
+        a, b = e["ts"], e["ts"] + e["dur"]
+        for w in range(int((a - start) // width), min(windows, int((b - start) // width) + 1)):
+            lo, hi = start + w * width, start + (w + 1) * width
+            busy[w] += max(0.0, min(b, hi) - max(a, lo))
+    return [round(x / width, 2) for x in busy]

@@ -243,6 +243,7 @@ def _run_leased(prep: Prepared) -> int:
         min_sample_rate=config.min_sample_rate,
         max_sample_rate=config.max_sample_rate,
         max_json_bytes=config.max_json_bytes,
+        threads=max(1, int(config.decode_cpus)),  # a task's CPUs decode its unit's clips side by side
     )
     provenance = ProvenanceInfo(
         captioner_id=prep.info.captioner_id,

@@ -41,6 +41,7 @@ class DecodeSpec:
     min_sample_rate: int
     max_sample_rate: int
     max_json_bytes: int
+    threads: int = 1  # clips decoded at once in one task (its CPUs)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class PackedBytes:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> memoryview:
-        return memoryview(self.data[self.offsets[i] : self.offsets[i + 1]])
+        return memoryview(self.data[self.offsets[i] : self.offsets[i + 1]].data)
 
 
 @dataclass

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import soundfile as sf
@@ -91,6 +92,13 @@ def test_hostile_tars_give_one_row_per_sample_and_write_only_under_out(items, cu
     unit = WorkUnit(0, "000000", "tar", (str(root / "in.tar"),))
     batch, payload = prepare_unit(unit, SPEC, SEGMENTS, LABELS, Storage())
     assert len(batch) == len(payload.samples) and np.isfinite(batch.waveforms).all()
+    # Decoding on several threads changes nothing: same rows, same records, same order.
+    threaded, threaded_payload = prepare_unit(unit, replace(SPEC, threads=3), SEGMENTS, LABELS, Storage())
+    assert np.array_equal(threaded.waveforms, batch.waveforms) and threaded.keys == batch.keys
+    assert threaded_payload.samples == payload.samples and threaded_payload.errors == payload.errors
+    assert [bytes(threaded_payload.audio[i]) for i in range(len(payload.audio))] == [
+        bytes(payload.audio[i]) for i in range(len(payload.audio))
+    ]
     out = root / "out"
     stats = write_shard(
         payload,

@@ -9,6 +9,7 @@ closed vocabulary in ``schemas.records``.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -56,25 +57,27 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     if not data:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "zero bytes")
     try:
-        info = sf.info(io.BytesIO(data))
+        f = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise AudioError(ErrorReason.DECODE_ERROR, f"unreadable header: {exc}") from None
-    rate = int(info.samplerate)
-    if not spec.min_sample_rate <= rate <= spec.max_sample_rate:
-        raise AudioError(
-            ErrorReason.BAD_SAMPLE_RATE,
-            f"{rate} Hz outside {spec.min_sample_rate}..{spec.max_sample_rate} Hz",
-        )
-    if info.frames == 0:
-        raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames")
-    # Some containers (Ogg, MP3) do not know their length up front; they are checked again
-    # after decoding.
-    if 0 < info.frames < 2**62 and info.frames / rate > spec.max_clip_seconds:
-        raise AudioError(ErrorReason.TOO_LONG, f"{info.frames / rate:.1f} s > {spec.max_clip_seconds} s")
-    try:
-        mono, rate = read_mono(data, pcm16)
-    except Exception as exc:
-        raise AudioError(ErrorReason.DECODE_ERROR, str(exc)) from None
+        raise AudioError(ErrorReason.DECODE_ERROR, f"unreadable header: {_describe(exc)}") from None
+    # The header is checked before decoding, on the same open file (one parse per clip).
+    with f:
+        rate = int(f.samplerate)
+        if not spec.min_sample_rate <= rate <= spec.max_sample_rate:
+            raise AudioError(
+                ErrorReason.BAD_SAMPLE_RATE,
+                f"{rate} Hz outside {spec.min_sample_rate}..{spec.max_sample_rate} Hz",
+            )
+        if f.frames == 0:
+            raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames")
+        # Some containers (Ogg, MP3) do not know their length up front; they are checked
+        # again after decoding.
+        if 0 < f.frames < 2**62 and f.frames / rate > spec.max_clip_seconds:
+            raise AudioError(ErrorReason.TOO_LONG, f"{f.frames / rate:.1f} s > {spec.max_clip_seconds} s")
+        try:
+            mono = _read_mono(f, pcm16)
+        except Exception as exc:
+            raise AudioError(ErrorReason.DECODE_ERROR, _describe(exc)) from None
     if mono.shape[0] == 0:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames decoded")
     seconds = mono.shape[0] / rate
@@ -87,20 +90,32 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     return DecodedClip(np.ascontiguousarray(mono), int(rate))
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def _describe(exc: Exception) -> str:
+    """soundfile's message without the in-memory file's repr (its address differs on
+    every run, and error records must be the same on a rerun)."""
+    return _OBJECT_REPR.sub("audio bytes", str(exc))
+
+
 def read_mono(data: bytes, pcm16: bool) -> tuple[np.ndarray, int]:
     """Decode to mono at the file's rate: int16 where ``pcm16`` and the encoding fits int16
     exactly (16- and 8-bit PCM, FLAC included), else float32. Raises what soundfile raises."""
     with sf.SoundFile(io.BytesIO(data)) as f:
-        as_int16 = pcm16 and f.subtype in _INT16_EXACT
-        samples = f.read(dtype="int16" if as_int16 else "float32", always_2d=True)
-        rate = f.samplerate
+        return _read_mono(f, pcm16), int(f.samplerate)
+
+
+def _read_mono(f: sf.SoundFile, pcm16: bool) -> np.ndarray:
+    as_int16 = pcm16 and f.subtype in _INT16_EXACT
+    samples = f.read(dtype="int16" if as_int16 else "float32", always_2d=True)
     if samples.shape[1] == 1:
         mono = samples[:, 0]
     elif as_int16:
         mono = samples.mean(axis=1).round().astype(np.int16)
     else:
         mono = samples.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono), int(rate)
+    return np.ascontiguousarray(mono)
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
