@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -45,9 +45,12 @@ for what in "$@"; do
     pretrain_scaling) python3 "$here/benchmarks/pretrain_scaling.py" --work /tmp/tagcap-bench --batch 256 \
                --steps 40 --warmup 10 --text-shape "$here/.bench_text" --results "$results" 2>&1 \
                | tee "$results/pretrain-scaling.log" ;;
-    levers) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
-               --repeats "${REPEATS:-2}" --results "$results" --name caption-levers \
-               ceiling decode e2e_full e2e_decode_threads baseline 2>&1 | tee "$results/caption-levers.log"
+    levers_gpu) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-2}" --results "$results" --name caption-levers-gpu \
+               ceiling decode baseline 2>&1 | tee "$results/caption-levers-gpu.log" ;;
+    levers_pipeline) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-2}" --results "$results" --name caption-levers-pipeline \
+               e2e_full e2e_decode_threads 2>&1 | tee "$results/caption-levers-pipeline.log"
              mkdir -p "$results/timelines" && cp /tmp/tagcap-bench/timeline-*.json "$results/timelines/" ;;
     quick) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-quick disk e2e_none e2e 2>&1 \
