@@ -84,6 +84,11 @@ class CaptionActor:
     def __init__(self, settings: ExecutionSettings):
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
         self.batch_size = settings.batch_size
+        # Optional: a captioner may prepare for batches up to this size (the BLAT
+        # captioner captures its CUDA graphs) before calls run concurrently.
+        warm_up = getattr(self.captioner, "warm_up", None)
+        if callable(warm_up):
+            warm_up(self.batch_size)
         self.filter = None
         if settings.filter_spec:
             from tagcap.workers.filters import ClapFilter

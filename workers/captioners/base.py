@@ -7,6 +7,10 @@ Ray actor, on that actor's GPU when it has one), and ``__call__(batch)`` caption
 turns it into float32 at the model's rate on the model's device) into one
 :class:`~tagcap.schemas.work.CaptionResult` per row, in order.
 
+Optionally, ``warm_up(batch_size)`` runs once in the actor before its first call (the
+actor may run calls concurrently afterwards): the place to compile or capture whatever
+depends on the batch size.
+
 ``describe(target, config)`` is a classmethod that runs on the driver without loading the
 model: it validates the target (checkpoint present, config sane) and returns the
 :class:`CaptionerInfo` recorded in the manifest and in every sample's ``caption_meta``.

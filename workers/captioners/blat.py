@@ -17,6 +17,7 @@ from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.models.beam_search import GraphCache
+from tagcap.workers.models.captioner import Generated
 from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
 from tagcap.workers.storage import Storage
 
@@ -74,14 +75,21 @@ class BlatCaptioner:
         if self.info.checkpoint_sha256 != self.ckpt.sha256:
             raise RuntimeError(f"{target} changed while loading")
 
-    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
-        model, vocab = self.ckpt.model, self.ckpt.vocab
-        wave = model_waveforms(
-            batch.waveforms, batch.sample_rate, self.info.sample_rate, self.info.clip_samples, self.device
-        )
-        tag_idx = [self.ckpt.tags.indices(m) for m in batch.mids]
+    def warm_up(self, batch_size: int) -> None:
+        """Capture the beam search's CUDA graphs for every batch size up to ``batch_size``
+        (one per bucket) before calls run concurrently, then freeze the cache: a capture
+        must not overlap other GPU work (see ``GraphCache``)."""
+        if self.graphs is None:
+            return
+        bucket = self.graphs.bucket
+        for clips in range(bucket, self.graphs.padded_clips(batch_size) + 1, bucket):
+            silence = torch.zeros(clips, self.info.clip_samples, device=self.device)
+            self._generate(silence, [[] for _ in range(clips)])
+        self.graphs.freeze()
+
+    def _generate(self, wave: torch.Tensor, tag_idx: list[list[int]]) -> Generated:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = model.generate(
+            return self.ckpt.model.generate(
                 wave,
                 tag_idx,
                 beam_size=self.params["beam_size"],
@@ -89,6 +97,13 @@ class BlatCaptioner:
                 min_words=self.params["min_words"],
                 graphs=self.graphs,
             )
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        vocab = self.ckpt.vocab
+        wave = model_waveforms(
+            batch.waveforms, batch.sample_rate, self.info.sample_rate, self.info.clip_samples, self.device
+        )
+        out = self._generate(wave, [self.ckpt.tags.indices(m) for m in batch.mids])
         results = []
         for hyps, scores in zip(out.tokens, out.scores, strict=True):
             texts = [vocab.decode(h) for h in hyps]

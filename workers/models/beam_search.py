@@ -196,50 +196,60 @@ class _CapturedSearch:
 
 
 class GraphCache:
-    """Captured searches by shape, each used by one thread at a time (the captioner actor
-    runs two calls at once; they must not share buffers). A shape's graph is captured on
-    first use (tens of milliseconds). Batch sizes are rounded up to a multiple of
-    ``bucket`` clips, so that units that lost a few clips to errors share a graph instead
-    of each capturing (and holding GPU memory for) their own."""
+    """Captured searches by shape. Batch sizes are rounded up to a multiple of ``bucket``
+    clips, so that units that lost a few clips to errors share a graph instead of each
+    capturing (and holding GPU memory for) their own.
+
+    A capture must not overlap any other GPU work of the process (PyTorch's default stream
+    synchronises with the capturing one, and a replay during a capture is refused): the
+    captioner actor runs two calls at once, so it captures every shape it will need before
+    its first call (:meth:`freeze`), and a frozen cache runs shapes it lacks eagerly. Replays
+    take turns (a lock): a search's state buffers belong to its graph."""
 
     def __init__(self, bucket: int = 32) -> None:
         self.bucket = bucket
+        self.frozen = False
         self._lock = threading.Lock()
-        self._free: dict[SearchShape, list[_CapturedSearch]] = {}
+        self._graphs: dict[SearchShape, _CapturedSearch] = {}
 
     def padded_clips(self, clips: int) -> int:
         return -(-clips // self.bucket) * self.bucket
 
-    def search(self, model: TagGuidedCaptioner, shape: SearchShape, start: BeamState) -> tuple[BeamState, object]:
-        """Run a search; returns its final state and a token to hand back to :meth:`release`
-        once the state has been read."""
-        with self._lock:
-            pool = self._free.setdefault(shape, [])
-            captured = pool.pop() if pool else None
-        if captured is None:
-            captured = _CapturedSearch(model, shape, start)
-        return captured.run(start), captured
+    def freeze(self) -> None:
+        self.frozen = True
 
-    def release(self, token: object) -> None:
-        assert isinstance(token, _CapturedSearch)
+    @property
+    def shapes(self) -> list[SearchShape]:
+        return list(self._graphs)
+
+    def run(
+        self, model: TagGuidedCaptioner, shape: SearchShape, start: BeamState
+    ) -> tuple[list[list[int]], list[list[float]]] | None:
+        """Token rows and scores of the replayed search; None where a frozen cache lacks
+        the shape."""
         with self._lock:
-            self._free.setdefault(token.shape, []).append(token)
+            captured = self._graphs.get(shape)
+            if captured is None:
+                if self.frozen:
+                    return None
+                captured = self._graphs[shape] = _CapturedSearch(model, shape, start)
+            state = captured.run(start)
+            return state.tokens[:, 1:].tolist(), state.scores.tolist()
 
 
 def run_search(
     model: TagGuidedCaptioner, shape: SearchShape, start: BeamState, graphs: GraphCache | None
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Token rows (without ``<bos>``) and per-clip scores of a finished search. CUDA graphs
-    exist on GPUs only: elsewhere the step runs eagerly."""
-    if graphs is None or start.tokens.device.type != "cuda":
-        state = start
-        for _ in range(shape.max_words + 1):
-            beam_step(model, state, shape)
-            if bool(state.finished.all()):
-                break
-        return state.tokens[:, 1:].tolist(), state.scores.tolist()
-    state, token = graphs.search(model, shape, start)
-    try:
-        return state.tokens[:, 1:].tolist(), state.scores.tolist()
-    finally:
-        graphs.release(token)
+    exist on GPUs only: elsewhere, and for shapes a frozen cache lacks, the step runs
+    eagerly."""
+    if graphs is not None and start.tokens.device.type == "cuda":
+        replayed = graphs.run(model, shape, start)
+        if replayed is not None:
+            return replayed
+    state = start
+    for _ in range(shape.max_words + 1):
+        beam_step(model, state, shape)
+        if bool(state.finished.all()):
+            break
+    return state.tokens[:, 1:].tolist(), state.scores.tolist()
