@@ -45,7 +45,8 @@ from common import (
     write_results,
 )
 from tagcap.schemas.work import DecodeSpec
-from tagcap.workers.audio import decode_clip, fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.audio import decode_clip, fit_length, resample, to_pcm16
+from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.storage import Storage

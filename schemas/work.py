@@ -66,7 +66,7 @@ class ModelBatch:
     The audio travels as 16-bit PCM at ``sample_rate``, the rate most of the unit's clips
     already have, cropped or padded to the captioner's clip length at that rate: half the
     bytes of float32 through the object store, and the resampling to the model's rate
-    happens where the model is (on its GPU, see ``workers.audio.model_waveforms``)
+    happens where the model is (on its GPU, see ``workers.model_input.model_waveforms``)
     instead of costing every decode core a few milliseconds per clip.
     """
 

@@ -4,7 +4,8 @@ import torch
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
-from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, resample, to_pcm16
+from tagcap.workers.model_input import model_waveforms
 from tests.builders import encode, tone
 
 SPEC = DecodeSpec(

@@ -1,4 +1,5 @@
-"""Audio decode and encode with soundfile; resampling with torchaudio.
+"""Audio decode and encode with soundfile, on the CPU, without torch (decode workers stay
+small and start fast); the GPU side of model input is ``workers.model_input``.
 
 ``decode_clip`` is the only way bytes become a waveform in tagcap. It checks what the
 header promises before decoding (so a 10-hour file or a 1 Hz "rate" fails cheaply) and
@@ -10,16 +11,10 @@ from __future__ import annotations
 
 import io
 import re
-import threading
-import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as taf
-import torchaudio.transforms as taf_module
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
@@ -119,8 +114,15 @@ def _read_mono(f: sf.SoundFile, pcm16: bool) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """CPU resampling (torchaudio's windowed sinc), for the few clips that need it on a
+    CPU: torch is imported here, on first use, so that a decode worker whose clips all
+    share one rate never loads it (about 2 s of start-up and 600 MB of memory per
+    worker). Its thread count follows OMP_NUM_THREADS, which Ray sets to the task's CPUs."""
     if orig_rate == new_rate:
         return samples
+    import torch
+    import torchaudio.functional as taf
+
     out = taf.resample(torch.from_numpy(samples), orig_rate, new_rate)
     return out.numpy().astype(np.float32, copy=False)
 
@@ -130,54 +132,6 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
     if samples.dtype == np.int16:
         return samples
     return np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
-
-
-@lru_cache(maxsize=16)
-def _resampler(orig_rate: int, new_rate: int, device: str) -> taf_module.Resample:
-    # The windowed-sinc kernel is built once per rate pair and device, not per batch.
-    return taf_module.Resample(orig_rate, new_rate).to(device)
-
-
-def model_waveforms(
-    waveforms: np.ndarray, sample_rate: int, model_rate: int, length: int, device: torch.device | str
-) -> torch.Tensor:
-    """A batch of model input on ``device``: (n, length) float32 at ``model_rate``.
-
-    ``waveforms`` is what a :class:`~tagcap.schemas.work.ModelBatch` carries (int16 PCM
-    or float32, at ``sample_rate``). Conversion and resampling run on ``device``: on a
-    GPU that costs microseconds per clip, where a CPU resampler costs milliseconds.
-    """
-    device = torch.device(device)
-    with warnings.catch_warnings():
-        # Zero-copy from Ray's object store, so read-only; nothing here writes to it.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        x = torch.from_numpy(np.ascontiguousarray(waveforms))
-    if device.type != "cuda":
-        return _to_model_input(x, sample_rate, model_rate, length, device)
-    # On a side stream, so that a second thread's copy overlaps this thread's model work.
-    side = _copy_stream(device, threading.get_ident())
-    with torch.cuda.stream(side):
-        out = _to_model_input(x.to(device, non_blocking=False), sample_rate, model_rate, length, device)
-    torch.cuda.current_stream(device).wait_stream(side)
-    out.record_stream(torch.cuda.current_stream(device))
-    return out
-
-
-@lru_cache(maxsize=64)
-def _copy_stream(device: torch.device, thread: int) -> torch.cuda.Stream:
-    # One per device and calling thread, made once: a new stream per batch is a driver call.
-    return torch.cuda.Stream(device)
-
-
-def _to_model_input(
-    x: torch.Tensor, sample_rate: int, model_rate: int, length: int, device: torch.device
-) -> torch.Tensor:
-    x = x.float() / 32768.0 if x.dtype == torch.int16 else x.float()
-    if sample_rate != model_rate and x.shape[0]:
-        x = _resampler(sample_rate, model_rate, str(device))(x)
-    if x.shape[1] >= length:
-        return x[:, :length].contiguous()
-    return torch.nn.functional.pad(x, (0, length - x.shape[1]))
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -194,9 +148,3 @@ def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(samples, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
-
-
-@lru_cache(maxsize=1)
-def limit_torch_threads() -> None:
-    """Decode tasks are one per core: torch's own thread pool would only oversubscribe."""
-    torch.set_num_threads(1)

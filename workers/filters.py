@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tagcap.schemas.work import CaptionResult
-from tagcap.workers.audio import model_waveforms
+from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.clap import load_clap, load_clap_sha
 from tagcap.workers.storage import Storage
 

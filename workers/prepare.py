@@ -27,7 +27,6 @@ from tagcap.workers.audio import (
     decode_clip,
     encode_flac,
     fit_length,
-    limit_torch_threads,
     resample,
     to_pcm16,
 )
@@ -176,7 +175,6 @@ def prepare_unit(
     labels: LabelMap,
     storage: Storage,
 ) -> tuple[ModelBatch, UnitPayload]:
-    limit_torch_threads()
     errors: list[ErrorRecord] = []
     pending: list[_Pending] = []
     samples_in = 0

@@ -38,8 +38,9 @@ import webdataset as wds
 from tqdm import tqdm
 
 from tagcap.schemas.layout import join_url
-from tagcap.workers.audio import fit_length, model_waveforms, resample, to_pcm16
+from tagcap.workers.audio import fit_length, resample, to_pcm16
 from tagcap.workers.datasets import crop, decode_native, expand_urls, sample_captions, sample_json, tar_samples
+from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.clap import (
     ClapConfig,
     ContrastiveModel,

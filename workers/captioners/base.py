@@ -3,7 +3,7 @@
 A captioner is a plain class: ``__init__(config: dict)`` loads its model once (inside a
 Ray actor, on that actor's GPU when it has one), and ``__call__(batch)`` captions a
 :class:`~tagcap.schemas.work.ModelBatch` (16-bit PCM at the unit's own rate, covering
-``clip_seconds``, plus each clip's tag names and MIDs; ``workers.audio.model_waveforms``
+``clip_seconds``, plus each clip's tag names and MIDs; ``workers.model_input.model_waveforms``
 turns it into float32 at the model's rate on the model's device) into one
 :class:`~tagcap.schemas.work.CaptionResult` per row, in order.
 

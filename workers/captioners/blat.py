@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import torch
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
-from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import Generated
 from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
@@ -76,15 +76,16 @@ class BlatCaptioner:
             raise RuntimeError(f"{target} changed while loading")
 
     def warm_up(self, batch_size: int) -> None:
-        """Capture the beam search's CUDA graphs for every batch size up to ``batch_size``
-        (one per bucket) before calls run concurrently, then freeze the cache: a capture
-        must not overlap other GPU work (see ``GraphCache``)."""
+        """Capture the beam search's CUDA graph before calls run concurrently, then freeze
+        the cache (a capture must not overlap other GPU work, see ``GraphCache``). One
+        graph, for ``batch_size`` clips: smaller batches (a unit that lost clips to errors)
+        are padded to it after the encoder, which costs a little decoder work and saves a
+        capture (and its GPU memory) per batch size."""
         if self.graphs is None:
             return
-        bucket = self.graphs.bucket
-        for clips in range(bucket, self.graphs.padded_clips(batch_size) + 1, bucket):
-            silence = torch.zeros(clips, self.info.clip_samples, device=self.device)
-            self._generate(silence, [[] for _ in range(clips)])
+        self.graphs = GraphCache(bucket=batch_size)
+        silence = torch.zeros(batch_size, self.info.clip_samples, device=self.device)
+        self._generate(silence, [[] for _ in range(batch_size)])
         self.graphs.freeze()
 
     def _generate(self, wave: torch.Tensor, tag_idx: list[list[int]]) -> Generated:

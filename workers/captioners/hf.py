@@ -24,8 +24,8 @@ import torch
 
 from tagcap.schemas.layout import join_url
 from tagcap.schemas.work import CaptionResult, ModelBatch
-from tagcap.workers.audio import model_waveforms
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.storage import Storage
 
 
