@@ -244,13 +244,24 @@ def process_role(proc: psutil.Process) -> str:
 class TreeMemory:
     """Samples the private resident memory (RSS less shared pages, so Ray's shared object
     store is not counted in every process that maps it) of a process and all its
-    descendants; keeps the peak per role."""
+    descendants; keeps the peak per role. A process counts under the role of the work it
+    did (a worker sampled idle between two decode tasks is a decode worker, with the peak
+    of its whole life); only a process never seen working counts as an idle worker."""
 
     def __init__(self, pid: int, every_s: float = 0.25):
         self.pid, self.every_s = pid, every_s
-        self.peak: dict[str, int] = {}
+        self._peak_by_pid: dict[int, int] = {}
+        self._role_by_pid: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for pid, private in self._peak_by_pid.items():
+            role = self._role_by_pid.get(pid, "gone")
+            out[role] = max(out.get(role, 0), private)
+        return out
 
     def __enter__(self) -> TreeMemory:
         self._thread.start()
@@ -274,5 +285,8 @@ class TreeMemory:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 role = "driver" if proc.pid == self.pid else process_role(proc)
-                self.peak[role] = max(self.peak.get(role, 0), private)
+                known = self._role_by_pid.get(proc.pid)
+                if known is None or (known in ("idle_worker", "ray_worker", "gone") and role not in ("gone",)):
+                    self._role_by_pid[proc.pid] = role
+                self._peak_by_pid[proc.pid] = max(self._peak_by_pid.get(proc.pid, 0), private)
             time.sleep(self.every_s)

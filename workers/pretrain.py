@@ -249,7 +249,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     "loss": round(loss.item(), 6),
                     "lr": sched.get_last_lr()[0],
                     "temperature": round(1.0 / core.scale().item(), 5),
-                    "seconds": round(time.time() - t0, 2),
+                    "seconds": round(time.time() - t0, 3),
                     "data_wait_seconds": round(data_wait, 3),
                 }
                 log(last)
