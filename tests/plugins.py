@@ -65,3 +65,18 @@ class HangTemplate(_Plugin):
         if any(self.config["hang"] in key for key in batch.keys):
             time.sleep(3600)
         return super().__call__(batch)
+
+
+class WarmUpTemplate(_Plugin):
+    """Captions only after the actor has called ``warm_up`` and only batches no larger than
+    it was warmed up for, as a captioner with captured CUDA graphs needs."""
+
+    warmed: int | None = None
+
+    def warm_up(self, batch_size: int) -> None:
+        self.warmed = batch_size
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        if self.warmed is None or len(batch) > self.warmed:
+            raise RuntimeError(f"batch of {len(batch)} after a warm-up for {self.warmed}")
+        return super().__call__(batch)
