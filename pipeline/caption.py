@@ -233,6 +233,7 @@ def _run_leased(prep: Prepared) -> int:
         filter_rule=config.filter_rule,
         storage_options=config.storage_options,
         unit_bytes=_typical_unit_bytes(prep),
+        captioner_id=prep.info.captioner_id,
     )
     decode = DecodeSpec(
         sample_rate=prep.info.sample_rate,

@@ -75,6 +75,7 @@ class ExecutionSettings:
     unit_timeout_s: float = 1800.0
     storage_options: dict[str, Any] = field(default_factory=dict)
     unit_bytes: int | None = None  # typical input bytes of a unit (sizes the default in-flight)
+    captioner_id: str | None = None  # what the driver recorded in the manifest; actors must match it
 
 
 class CaptionActor:
@@ -83,6 +84,11 @@ class CaptionActor:
 
     def __init__(self, settings: ExecutionSettings):
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
+        loaded = self.captioner.info.captioner_id
+        if settings.captioner_id is not None and loaded != settings.captioner_id:
+            # E.g. a checkpoint replaced after the run started: its captions would carry
+            # another model's provenance.
+            raise RuntimeError(f"the captioner loaded as {loaded}, but this run is {settings.captioner_id}")
         self.batch_size = settings.batch_size
         # Optional: a captioner may prepare for batches up to this size (the BLAT
         # captioner captures its CUDA graphs) before calls run concurrently.

@@ -65,3 +65,46 @@ def test_blat_on_esc50(tiny_checkpoint, tmp_path):
     assert len(o.samples) == 400 and not o.error_rows
     texts = {json.loads(s["json"])["text"][0] for s in o.samples}
     assert all(t and t.strip() for t in texts)
+
+
+def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_path):
+    """The driver records the captioner id (the weights' sha256) in the manifest; an actor
+    that loads other weights (the checkpoint replaced after the run started) must not
+    caption under that id."""
+    import shutil
+
+    import torch
+
+    from tagcap.pipeline.executor import CaptionActor, ExecutionSettings
+    from tagcap.workers.captioners.blat import BlatCaptioner
+    from tagcap.workers.models.checkpoint import load_captioner, save_captioner
+    from tagcap.workers.storage import Storage
+
+    def settings(target, captioner_id):
+        return ExecutionSettings(
+            captioner_spec=f"blat:{target}",
+            captioner_config={},
+            batch_size=4,
+            actors=1,
+            gpus_per_actor=0.0,
+            cpus_per_actor=1.0,
+            decode_cpus=1.0,
+            max_inflight=None,
+            max_attempts=1,
+            captioner_id=captioner_id,
+        )
+
+    recorded = BlatCaptioner.describe(str(tiny_checkpoint), {}).captioner_id
+    assert CaptionActor(settings(str(tiny_checkpoint), recorded)).info().captioner_id == recorded
+    replaced = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, replaced)
+    ckpt = load_captioner(str(replaced), Storage())
+    with torch.no_grad():
+        ckpt.model.out.bias.add_(1.0)  # other weights, same shape
+    save_captioner(str(replaced), ckpt.model, ckpt.vocab, ckpt.tags, Storage())
+    try:
+        CaptionActor(settings(str(replaced), recorded))
+    except RuntimeError as exc:
+        assert recorded in str(exc) and "blat-" in str(exc)
+    else:
+        raise AssertionError("an actor captioned with weights the run did not record")

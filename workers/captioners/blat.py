@@ -17,7 +17,7 @@ from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
-from tagcap.workers.models.captioner import Generated
+from tagcap.workers.models.captioner import CaptionerConfig, Generated
 from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
 from tagcap.workers.storage import Storage
 
@@ -53,6 +53,10 @@ class BlatCaptioner:
             sha = weights_sha256(target, storage)
         except FileNotFoundError as exc:
             raise ValueError(f"checkpoint incomplete or missing: {exc}") from None
+        return cls._info(model_cfg, sha, config)
+
+    @staticmethod
+    def _info(model_cfg: CaptionerConfig, sha: str, config: dict[str, Any]) -> CaptionerInfo:
         params = _params(config)
         if params["beam_size"] < 1 or not 1 <= params["candidates"] <= params["beam_size"]:
             raise ValueError("need beam_size >= 1 and 1 <= candidates <= beam_size")
@@ -70,10 +74,10 @@ class BlatCaptioner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         storage = Storage(config.get("storage_options") or {})
         self.ckpt = load_captioner(target, storage, self.device)
-        self.info = self.describe(target, config)
+        # From what was loaded (the weights are read and hashed once); the actor checks the
+        # id against the one the driver recorded (see ``CaptionActor``).
+        self.info = self._info(self.ckpt.model.cfg, self.ckpt.sha256, config)
         self.graphs = GraphCache() if self.device.type == "cuda" and _use_cuda_graphs(config) else None
-        if self.info.checkpoint_sha256 != self.ckpt.sha256:
-            raise RuntimeError(f"{target} changed while loading")
 
     def warm_up(self, batch_size: int) -> None:
         """Capture the beam search's CUDA graph before calls run concurrently, then freeze
