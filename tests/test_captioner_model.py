@@ -60,7 +60,7 @@ def reference_beam_search(model, wave, tags, beam_size, max_words, min_words=1):
             if model.cfg.prefix_len:
                 px, pmask = model._prefix(prefix_ids)
                 x, mask = torch.cat([px, x], 1), torch.cat([pmask, mask], 1)
-            h, _ = model._run_layers(x, cross, mask, None)
+            h, _ = model._run_layers(x, cross, mask)
             logp = F.log_softmax(model.out(h[0, -1]).float(), -1)
             for w in range(logp.shape[0]):
                 if w in (PAD, BOS) or (step == max_words and w != EOS) or (step < min_words and w == EOS):

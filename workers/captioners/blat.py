@@ -78,7 +78,10 @@ class BlatCaptioner:
         # From what was loaded (the weights are read and hashed once); the actor checks the
         # id against the one the driver recorded (see ``CaptionActor``).
         self.info = self._info(self.ckpt.model.cfg, self.ckpt.sha256, config)
-        self.graphs = GraphCache() if self.device.type == "cuda" and _use_cuda_graphs(config) else None
+        self._cuda_graphs = self.device.type == "cuda" and _use_cuda_graphs(config)
+        # Made by warm_up, which captures before any concurrent call; until then (or with
+        # cuda_graphs off, or on a CPU) the search runs eagerly.
+        self.graphs: GraphCache | None = None
 
     def warm_up(self, batch_size: int) -> None:
         """Capture the beam search's CUDA graph before calls run concurrently, then freeze
@@ -86,7 +89,7 @@ class BlatCaptioner:
         graph, for ``batch_size`` clips: smaller batches (a unit that lost clips to errors)
         are padded to it after the encoder, which costs a little decoder work and saves a
         capture (and its GPU memory) per batch size."""
-        if self.graphs is None:
+        if not self._cuda_graphs:
             return
         self.graphs = GraphCache(bucket=batch_size)
         silence = torch.zeros(batch_size, self.info.clip_samples, device=self.device)

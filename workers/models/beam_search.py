@@ -90,7 +90,7 @@ def initial_state(
     prefix_valid = torch.zeros(rows, positions, dtype=torch.bool, device=device)
     if prefix is not None:
         px, pmask = prefix
-        _, caches = model._run_layers(px, cross, pmask, None)
+        _, caches = model._run_layers(px, cross, pmask)
         for (k, v), key_cache, value_cache in zip(caches, keys, values, strict=True):
             key_cache[:, :, :p] = k
             value_cache[:, :, :p] = v
@@ -217,10 +217,6 @@ class GraphCache:
 
     def freeze(self) -> None:
         self.frozen = True
-
-    @property
-    def shapes(self) -> list[SearchShape]:
-        return list(self._graphs)
 
     def run(
         self, model: TagGuidedCaptioner, shape: SearchShape, start: BeamState

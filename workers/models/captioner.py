@@ -113,15 +113,12 @@ class DecoderLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cross: KV, self_mask: torch.Tensor, cache: KV | None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x: torch.Tensor, cross: KV, self_mask: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """Every position of ``x`` at once (training, the tag prefix); returns the new
+        positions' keys and values too."""
         h = self.norm1(x)
-        k, v = self.self_attn.kv(h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        x = x + self.drop(self.self_attn(h, (k, v), self_mask))
-        x = x + self.drop(self.cross_attn(self.norm2(x), cross, None))
-        x = x + self.drop(self.ff(self.norm3(x)))
-        return x, (k, v)
+        kv = self.self_attn.kv(h)
+        return self._attend(x, h, kv, self_mask, cross), kv
 
     def cached_step(
         self, x: torch.Tensor, cross: KV, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor
@@ -133,7 +130,10 @@ class DecoderLayer(nn.Module):
         k, v = self.self_attn.kv(h)
         keys.index_copy_(2, at, k.to(keys.dtype))
         values.index_copy_(2, at, v.to(values.dtype))
-        x = x + self.drop(self.self_attn(h, (keys, values), mask))
+        return self._attend(x, h, (keys, values), mask, cross)
+
+    def _attend(self, x: torch.Tensor, h: torch.Tensor, kv: KV, self_mask: torch.Tensor, cross: KV) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(h, kv, self_mask))
         x = x + self.drop(self.cross_attn(self.norm2(x), cross, None))
         return x + self.drop(self.ff(self.norm3(x)))
 
@@ -214,21 +214,19 @@ class TagGuidedCaptioner(nn.Module):
             return None
         return multi_hot.to(self.tag_embed.dtype) @ self.tag_embed
 
-    def _run_layers(
-        self, x: torch.Tensor, cross: list[KV], key_mask: torch.Tensor, caches: list[KV] | None
-    ) -> tuple[torch.Tensor, list[KV]]:
-        """x: (B, n, d) new positions; key_mask: (B, L_total) for every key so far
-        including these n; causal within the new positions."""
-        n, total = x.shape[1], key_mask.shape[1]
-        causal = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
+    def _run_layers(self, x: torch.Tensor, cross: list[KV], key_mask: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
+        """x: (B, n, d) every position; key_mask: (B, n) which may be attended to; causal.
+        Returns the normed output and each layer's keys and values (the prefix pass of
+        generation seeds its cache with them)."""
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         # Every position may attend to itself: a padded prefix slot would otherwise see no
         # key at all, and its NaN would leak through the cache into real positions.
-        own = torch.zeros(n, total, dtype=torch.bool, device=x.device)
-        own[torch.arange(n), torch.arange(total - n, total)] = True
-        mask = ((causal[None, :, :] & key_mask[:, None, :]) | own[None])[:, None]  # B 1 n L
+        own = torch.eye(n, dtype=torch.bool, device=x.device)
+        mask = ((causal[None, :, :] & key_mask[:, None, :]) | own[None])[:, None]  # B 1 n n
         new: list[KV] = []
         for i, layer in enumerate(self.decoder_layers):
-            x, kv = layer(x, cross[i], mask, caches[i] if caches is not None else None)
+            x, kv = layer(x, cross[i], mask)
             new.append(kv)
         return self.norm(x), new
 
@@ -247,7 +245,7 @@ class TagGuidedCaptioner(nn.Module):
             px, pmask = self._prefix(prefix_ids)
             x = torch.cat([px, x], dim=1)
             key_mask = torch.cat([pmask, key_mask], dim=1)
-        h, _ = self._run_layers(x, cross, key_mask, None)
+        h, _ = self._run_layers(x, cross, key_mask)
         return self.out(h[:, self.cfg.prefix_len :])
 
     def loss(self, waveforms: torch.Tensor, tag_indices: list[list[int]], tokens: torch.Tensor) -> torch.Tensor:
