@@ -26,9 +26,9 @@ import torch
 
 from tagcap.schemas.keys import make_key
 from tagcap.workers.audio import encode_flac
-from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import save_captioner
-from tagcap.workers.models.cnn14 import EncoderConfig
+from tagcap.workers.models.configs import CaptionerConfig, EncoderConfig
 from tagcap.workers.models.vocab import TagVocabulary, Vocabulary
 from tagcap.workers.storage import Storage
 

@@ -14,6 +14,7 @@ reporting the shard failed with the last error; the other shards go on.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -83,7 +84,9 @@ class CaptionActor:
     once, on the actor's GPU when it has one."""
 
     def __init__(self, settings: ExecutionSettings):
+        started = time.perf_counter()
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
+        built = time.perf_counter()
         loaded = self.captioner.info.captioner_id
         if settings.captioner_id is not None and loaded != settings.captioner_id:
             # E.g. a checkpoint replaced after the run started: its captions would carry
@@ -95,6 +98,14 @@ class CaptionActor:
         warm_up = getattr(self.captioner, "warm_up", None)
         if callable(warm_up):
             warm_up(self.batch_size)
+        # A captioner's start (imports, weights, device, warm-up) delays every caption of a
+        # run; said once per actor, on the driver's console through Ray's log forwarding.
+        print(
+            f"tagcap: captioner {loaded} ready in {time.perf_counter() - started:.1f} s "
+            f"(load {built - started:.1f} s, warm-up {time.perf_counter() - built:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         self.filter = None
         if settings.filter_spec:
             from tagcap.workers.filters import ClapFilter

@@ -4,7 +4,8 @@ import torch
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
-from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, resample, to_pcm16
+from tagcap.workers import audio
+from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
 from tests.builders import encode, tone
 
@@ -76,6 +77,54 @@ def test_bad_audio_gives_a_reason():
         _reason(encode(tone(2.0), 16000), DecodeSpec(**{**SPEC.__dict__, "max_clip_seconds": 1.0}))
         == ErrorReason.TOO_LONG
     )
+
+
+def _outcome(data: bytes, pcm16: bool, spec: DecodeSpec = SPEC) -> tuple:
+    try:
+        clip = decode_clip(data, spec, pcm16=pcm16)
+    except AudioError as exc:
+        return ("error", exc.reason, exc.detail)
+    return ("ok", clip.sample_rate, clip.samples.dtype.str, clip.samples.tobytes())
+
+
+def _flac_variants() -> list[bytes]:
+    rng = np.random.default_rng(7)
+    noisy = (rng.standard_normal((24000, 2)) * 0.2).clip(-1, 1).astype(np.float32)
+    return [
+        encode(tone(1.0, 48000), 48000, "FLAC", "PCM_16"),
+        encode(noisy, 44100, "FLAC", "PCM_16"),
+        encode(noisy[:, 0], 22050, "FLAC", "PCM_24"),
+        encode(noisy, 16000, "FLAC", "PCM_S8"),
+    ]
+
+
+def test_fast_flac_path_decodes_exactly_what_soundfile_decodes_and_fails_alike(monkeypatch):
+    """dr_flac takes 16-bit FLAC; for every variant, truncation and corrupted byte the
+    outcome (samples bit for bit, or error reason and text) equals soundfile's alone."""
+    cases = []
+    for data in _flac_variants():
+        cases.append(data)
+        cases += [data[:cut] for cut in np.linspace(4, len(data) - 1, 12, dtype=int)]
+        for at in np.linspace(0, len(data) - 1, 16, dtype=int):
+            bad = bytearray(data)
+            bad[at] ^= 0x5A
+            cases.append(bytes(bad))
+    short = DecodeSpec(**{**SPEC.__dict__, "max_clip_seconds": 0.2})
+    fast = [(_outcome(c, p), _outcome(c, p, short)) for c in cases for p in (True, False)]
+    fast_mono = [read_mono(data, pcm16) for data in _flac_variants() for pcm16 in (True, False)]
+    # The fast path is taken where it applies (else the comparison below is vacuous) ...
+    good16 = _flac_variants()[1]
+    assert audio._read_flac16(good16, True, None) is not None
+    assert audio._read_flac16(good16[: len(good16) // 2], True, None) is None
+    assert audio._read_flac16(_flac_variants()[2], True, None) is None  # 24-bit: soundfile
+    # ... and turning it off changes no outcome.
+    monkeypatch.setattr(audio, "_read_flac16", lambda data, pcm16, spec: None)
+    reference = [(_outcome(c, p), _outcome(c, p, short)) for c in cases for p in (True, False)]
+    assert fast == reference
+    assert {o[0][0] for o in fast} == {"ok", "error"}
+    reference_mono = [read_mono(data, pcm16) for data in _flac_variants() for pcm16 in (True, False)]
+    for (a, rate_a), (b, rate_b) in zip(fast_mono, reference_mono, strict=True):
+        assert rate_a == rate_b and a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def test_resample_and_fit_length():

@@ -108,3 +108,26 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
         assert recorded in str(exc) and "blat-" in str(exc)
     else:
         raise AssertionError("an actor captioned with weights the run did not record")
+
+
+def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint, sample_input, tmp_path):
+    """torch costs a driver seconds of start and hundreds of MB; only actors need it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tagcap.pipeline import executor\n"
+        "from tagcap.pipeline.caption import prepare_run\n"
+        "from tagcap.schemas.config import CaptionConfig\n"
+        "from tagcap.workers import captioners\n"
+        f"cfg = CaptionConfig(input=[{sample_input.shards!r}], segments=[{sample_input.segments!r}], "
+        f"labels={sample_input.labels!r}, output={str(tmp_path / 'out')!r}, captioner='blat:{tiny_checkpoint}')\n"
+        "prep = prepare_run(cfg)\n"
+        "assert prep.info.captioner_id.startswith('blat-') and len(prep.plan.units) > 0\n"
+        "assert captioners.resolve(cfg.captioner)[0].concurrent_calls == 2\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'transformers')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

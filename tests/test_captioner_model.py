@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from tagcap.workers.models.beam_search import GraphCache
-from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
+from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.models.vocab import BOS, EOS, PAD, TagVocabulary, Vocabulary, tokenize
 from tagcap.workers.storage import Storage
 

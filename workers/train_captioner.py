@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 from tagcap.workers.datasets import AudioTextExample, example_stream, read_captions
-from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
+from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.models.vocab import PAD, TagVocabulary, Vocabulary
 from tagcap.workers.storage import Storage
 from tagcap.workers.training_state import TrainingState

@@ -6,21 +6,24 @@ Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``min_wor
 ``cuda_graphs`` (true: on a GPU, each beam step is replayed as a CUDA graph captured at the
 actor's warm-up for its batch size; the same captions, without the per-kernel launch cost:
 2.2x the GPU throughput at batch 256 on an H200).
+
+This module is what the driver needs (the description of a run: id, sample rate, clip
+length) and imports no torch; the model itself lives in ``blat_runtime``, imported by the
+actor that builds the captioner (torch costs a driver seconds of start and hundreds of MB).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.captioners.base import CaptionerInfo
-from tagcap.workers.model_input import model_waveforms
-from tagcap.workers.models.beam_search import GraphCache
-from tagcap.workers.models.captioner import CaptionerConfig, Generated
-from tagcap.workers.models.checkpoint import load_captioner, read_config, weights_sha256
+from tagcap.workers.models.checkpoint_files import captioner_id, read_config, weights_sha256
+from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.storage import Storage
+
+if TYPE_CHECKING:
+    from tagcap.workers.captioners.blat_runtime import BlatRuntime
 
 
 def _params(config: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +65,7 @@ class BlatCaptioner:
         if params["beam_size"] < 1 or not 1 <= params["candidates"] <= params["beam_size"]:
             raise ValueError("need beam_size >= 1 and 1 <= candidates <= beam_size")
         return CaptionerInfo(
-            captioner_id=f"blat-{sha[:16]}",
+            captioner_id=captioner_id(sha),
             checkpoint_sha256=sha,
             sample_rate=model_cfg.frontend.sample_rate,
             clip_seconds=model_cfg.clip_seconds,
@@ -70,60 +73,19 @@ class BlatCaptioner:
         )
 
     def __init__(self, config: dict[str, Any]):
-        target = config["target"]
+        from tagcap.workers.captioners.blat_runtime import BlatRuntime  # torch: the actor's only
+
         self.params = _params(config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        storage = Storage(config.get("storage_options") or {})
-        self.ckpt = load_captioner(target, storage, self.device)
+        self.runtime: BlatRuntime = BlatRuntime(
+            config["target"], Storage(config.get("storage_options") or {}), self.params, _use_cuda_graphs(config)
+        )
         # From what was loaded (the weights are read and hashed once); the actor checks the
         # id against the one the driver recorded (see ``CaptionActor``).
-        self.info = self._info(self.ckpt.model.cfg, self.ckpt.sha256, config)
-        self._cuda_graphs = self.device.type == "cuda" and _use_cuda_graphs(config)
-        # Made by warm_up, which captures before any concurrent call; until then (or with
-        # cuda_graphs off, or on a CPU) the search runs eagerly.
-        self.graphs: GraphCache | None = None
+        self.info = self._info(self.runtime.ckpt.model.cfg, self.runtime.ckpt.sha256, config)
 
     def warm_up(self, batch_size: int) -> None:
-        """Capture the beam search's CUDA graph before calls run concurrently, then freeze
-        the cache (a capture must not overlap other GPU work, see ``GraphCache``). One
-        graph, for ``batch_size`` clips: smaller batches (a unit that lost clips to errors)
-        are padded to it after the encoder, which costs a little decoder work and saves a
-        capture (and its GPU memory) per batch size."""
-        if not self._cuda_graphs:
-            return
-        self.graphs = GraphCache(bucket=batch_size)
-        silence = torch.zeros(batch_size, self.info.clip_samples, device=self.device)
-        self._generate(silence, [[] for _ in range(batch_size)])
-        self.graphs.freeze()
-
-    def _generate(self, wave: torch.Tensor, tag_idx: list[list[int]]) -> Generated:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.ckpt.model.generate(
-                wave,
-                tag_idx,
-                beam_size=self.params["beam_size"],
-                max_words=self.params["max_words"],
-                min_words=self.params["min_words"],
-                graphs=self.graphs,
-            )
+        """See :meth:`BlatRuntime.warm_up`."""
+        self.runtime.warm_up(batch_size, self.info.clip_samples)
 
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
-        vocab = self.ckpt.vocab
-        wave = model_waveforms(
-            batch.waveforms, batch.sample_rate, self.info.sample_rate, self.info.clip_samples, self.device
-        )
-        out = self._generate(wave, [self.ckpt.tags.indices(m) for m in batch.mids])
-        results = []
-        for hyps, scores in zip(out.tokens, out.scores, strict=True):
-            texts = [vocab.decode(h) for h in hyps]
-            if not texts[0]:
-                results.append(CaptionResult(text=None, error="empty caption"))
-                continue
-            results.append(
-                CaptionResult(
-                    text=texts[0],
-                    logprob=round(float(scores[0]), 4),
-                    candidates=tuple(texts[: self.params["candidates"]]),
-                )
-            )
-        return results
+        return self.runtime.caption(batch, self.info.sample_rate, self.info.clip_samples)

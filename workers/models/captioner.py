@@ -17,59 +17,17 @@ never empty) and ends at ``<eos>`` or at ``max_words`` words.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tagcap.workers.models.beam_search import GraphCache, SearchShape, initial_state, run_search
-from tagcap.workers.models.cnn14 import CNN14Encoder, EncoderConfig
-from tagcap.workers.models.frontend import FrontendConfig, LogMel
+from tagcap.workers.models.cnn14 import CNN14Encoder
+from tagcap.workers.models.configs import CaptionerConfig
+from tagcap.workers.models.frontend import LogMel
 from tagcap.workers.models.vocab import EOS, PAD
-
-TAG_FUSIONS = ("add", "prefix", "none")
-
-
-@dataclass(frozen=True)
-class CaptionerConfig:
-    vocab_size: int
-    n_tags: int
-    frontend: FrontendConfig = field(default_factory=FrontendConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    clip_seconds: float = 10.0
-    d_model: int = 256
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 1024
-    dropout: float = 0.1
-    tag_fusion: str = "add"
-    max_words: int = 20
-    max_prefix_tags: int = 8
-
-    def __post_init__(self) -> None:
-        if self.tag_fusion not in TAG_FUSIONS:
-            raise ValueError(f"tag_fusion must be one of {TAG_FUSIONS}, got {self.tag_fusion!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError("d_model must be divisible by n_heads")
-
-    @property
-    def prefix_len(self) -> int:
-        return self.max_prefix_tags if self.tag_fusion == "prefix" else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> CaptionerConfig:
-        raw = dict(raw)
-        frontend = FrontendConfig(**raw.pop("frontend", {}))
-        enc = dict(raw.pop("encoder", {}))
-        if "channels" in enc:
-            enc["channels"] = tuple(enc["channels"])
-        return cls(frontend=frontend, encoder=EncoderConfig(**enc), **raw)
-
 
 # -- attention with a cache -------------------------------------------------------------
 KV = tuple[torch.Tensor, torch.Tensor]

