@@ -307,6 +307,7 @@ def e2e(
         print(f"e2e {tag} run {r}: timeline {json.dumps(timelines[-1])}", flush=True)
         peaks.append(mem.peak)
         print(f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s = {rates[-1]:.0f} clips/s", flush=True)
+        print(f"e2e {tag} run {r}: {_actor_start_lines()}", flush=True)
         print(stderr[-1500:], flush=True)
         shutil.rmtree(out, ignore_errors=True)
     peak = {role: max(p.get(role, 0) for p in peaks) for role in set().union(*peaks)}
@@ -320,10 +321,31 @@ def e2e(
         )
         if any(t.get("span_s") for t in timelines)
         else None,
+        # Once the pipeline flows (see timeline._steady_state): what a long job approaches.
+        f"e2e_{tag}_steady_clips_per_s": round(
+            statistics.median(
+                t["steady_units_per_s"] * corpus.clips / corpus.shards for t in timelines if t.get("steady_units_per_s")
+            ),
+            1,
+        )
+        if any(t.get("steady_units_per_s") for t in timelines)
+        else None,
         f"e2e_{tag}_timeline": timelines[0],
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
     }
+
+
+def _actor_start_lines() -> list[str]:
+    """The captioner actors' own account of their start (in the embedded Ray's worker
+    logs: tagcap's driver does not forward worker output)."""
+    logs = "/tmp/ray/session_latest/logs"
+    lines = []
+    for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+        if name.endswith(".err"):
+            with open(os.path.join(logs, name), errors="replace") as fh:
+                lines += [line.strip() for line in fh if "tagcap: captioner" in line]
+    return lines
 
 
 def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
@@ -349,7 +371,7 @@ def main() -> None:
         nargs="+",
         choices=[
             *("corpus", "ceiling", "decode", "baseline", "baseline_fast_decoder", "disk", "memory", "all"),
-            *("e2e", "e2e_full", "e2e_none", "e2e_inflight", "e2e_scaling", "e2e_decode_threads"),
+            *("e2e", "e2e_full", "e2e_none", "e2e_inflight", "e2e_scaling", "e2e_decode_threads", "e2e_nice0"),
         ],
     )
     ap.add_argument("--work", default="/tmp/tagcap-bench")
@@ -395,6 +417,11 @@ def main() -> None:
         figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "one_thread", ("--actor-threads", "1")))
         if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
             figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
+    if "e2e_nice0" in what:
+        # Lever: decode tasks at the actor's priority (the default runs them at nice 10).
+        figures.update(
+            e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "nice0", ("--decode-niceness", "0"))
+        )
     if "e2e_decode_threads" in what:
         # Lever: a unit decoded by a task of 2 CPUs on 2 threads (half the latency per unit:
         # earlier first batches, a shorter tail; as many CPUs decoding).

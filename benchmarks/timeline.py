@@ -23,7 +23,7 @@ def summarize_timeline(path: str) -> dict[str, Any]:
     by_name: dict[str, list[float]] = defaultdict(list)
     for e in events:
         by_name[e["name"]].append(e["dur"] / 1e6)
-    out: dict[str, Any] = {"span_s": round(span_s, 2)}
+    out: dict[str, Any] = {"span_s": round(span_s, 2), **_steady_state(events, start)}
     for name, durations in sorted(by_name.items(), key=lambda kv: -sum(kv[1])):
         if sum(durations) < 0.01 * span_s:
             continue  # bookkeeping events too small to matter
@@ -38,6 +38,26 @@ def summarize_timeline(path: str) -> dict[str, Any]:
             "busy_by_tenth": _busy_by_window(mine, start, end, 10),
         }
     return out
+
+
+def _steady_state(events: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    """Units decoded per second once the pipeline flows: from the first caption call's
+    start (the captioner is up; units decoded before it are the start-up backlog) to the
+    last decode task's start (every slot could still be fed), the decode tasks that ended
+    in that window over its length."""
+    prepares = [e for e in events if e["name"].endswith("._prepare")]
+    captions = [e for e in events if e["name"] == "caption"]
+    if not prepares or not captions:
+        return {}
+    lo = min(e["ts"] for e in captions)
+    hi = max(e["ts"] for e in prepares)
+    if hi <= lo:
+        return {}
+    ended = sum(lo <= e["ts"] + e["dur"] <= hi for e in prepares)
+    return {
+        "steady_window_s": [round((lo - start) / 1e6, 2), round((hi - start) / 1e6, 2)],
+        "steady_units_per_s": round(ended / ((hi - lo) / 1e6), 3),
+    }
 
 
 def _busy_by_window(events: list[dict[str, Any]], start: float, end: float, windows: int) -> list[float]:

@@ -245,6 +245,7 @@ def _run_leased(prep: Prepared) -> int:
         max_sample_rate=config.max_sample_rate,
         max_json_bytes=config.max_json_bytes,
         threads=max(1, int(config.decode_cpus)),  # a task's CPUs decode its unit's clips side by side
+        niceness=config.decode_niceness,
     )
     provenance = ProvenanceInfo(
         captioner_id=prep.info.captioner_id,

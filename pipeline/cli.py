@@ -49,6 +49,11 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")
     p.add_argument("--decode-cpus", type=float, help="CPUs per decode task")
     p.add_argument(
+        "--decode-niceness",
+        type=int,
+        help="nice value of decode tasks (default 10: below the captioner actors and writers; 0: as they are)",
+    )
+    p.add_argument(
         "--dashboard", action="store_true", default=None, help="start the embedded Ray's dashboard (on 127.0.0.1)"
     )
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")

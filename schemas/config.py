@@ -27,6 +27,7 @@ EXECUTION_FIELDS = frozenset(
         "progress",
         "storage_options",
         "decode_cpus",
+        "decode_niceness",
         "object_store_memory",
         "num_cpus",
         "dashboard",
@@ -80,6 +81,9 @@ class CaptionConfig:
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
     decode_cpus: float = 1.0
+    # Decode tasks are throughput work: at a lower CPU priority they never delay the
+    # captioner actor (its start, its GPU feeding), the writers or Ray's own processes.
+    decode_niceness: int = 10
     num_cpus: int | None = None  # embedded Ray only
     object_store_memory: int | None = None  # embedded Ray only, bytes
     dashboard: bool = False  # embedded Ray only: start the Ray dashboard on 127.0.0.1

@@ -42,6 +42,7 @@ class DecodeSpec:
     max_sample_rate: int
     max_json_bytes: int
     threads: int = 1  # clips decoded at once in one task (its CPUs)
+    niceness: int = 0  # the decoding thread's nice value at least this (see ``prepare_unit``)
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,27 @@ def test_a_unit_travels_as_pcm16_at_its_most_common_rate(tmp_path):
     held = (batch.waveforms != 0).sum(axis=1)
     assert abs(held[0] - 24000) <= 1 and abs(held[1] - 12000) <= 40 and held[2] == 48000
     assert abs(int(batch.waveforms[0, 100]) - 16384) <= 1  # 0.5 full scale
+
+
+def test_decode_runs_at_a_lower_priority_on_its_own_thread_only():
+    """Decode tasks yield the CPU to the captioner actor and writers (per thread on Linux:
+    the worker's other threads keep theirs)."""
+    import os
+    import threading
+
+    from tagcap.workers.prepare import lower_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: dict[str, int] = {}
+
+    def decode_thread() -> None:
+        lower_priority(max(before, 0) + 3)
+        seen["decode"] = os.getpriority(os.PRIO_PROCESS, 0)
+        lower_priority(0)  # never raised back: that takes privileges
+        seen["after_zero"] = os.getpriority(os.PRIO_PROCESS, 0)
+
+    t = threading.Thread(target=decode_thread)
+    t.start()
+    t.join()
+    assert seen["decode"] == max(before, 0) + 3 == seen["after_zero"]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
