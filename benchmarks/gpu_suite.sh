@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|start|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -66,6 +66,15 @@ for what in "$@"; do
     final6) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-3}" --results "$results" --name caption-final6 \
                decode e2e_full e2e_nice0 2>&1 | tee "$results/caption-final6.log"
+             mkdir -p "$results/timelines" && cp /tmp/tagcap-bench/timeline-*.json "$results/timelines/" ;;
+    inflight_sweep) for n in ${INFLIGHT:-48 30 64 48 30 64}; do
+               python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+                 --repeats 1 --inflight "$n" --results "$results" --name "caption-inflight$n" \
+                 e2e_inflight 2>&1 | tee -a "$results/caption-inflight-sweep.log"
+             done ;;
+    disk_none) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-2}" --results "$results" --name caption-disk-none \
+               disk e2e_full e2e_none 2>&1 | tee "$results/caption-disk-none.log"
              mkdir -p "$results/timelines" && cp /tmp/tagcap-bench/timeline-*.json "$results/timelines/" ;;
     start) python3 "$here/benchmarks/actor_start.py" --work /tmp/tagcap-bench --repeats "${REPEATS:-3}" \
                --results "$results" 2>&1 | tee "$results/actor-start.log" ;;
