@@ -50,6 +50,7 @@ import numpy as np
 from tagcap.schemas.work import ModelBatch
 n = int(sys.argv[2])
 pcm = (np.random.default_rng(0).standard_normal((n, 480000)) * 3000).astype(np.int16)
+mark("make_input")  # not the actor's: numpy making the test batch
 empty = [[] for _ in range(n)]
 batch = ModelBatch(keys=[str(i) for i in range(n)], waveforms=pcm, sample_rate=48000, tags=empty, mids=empty)
 captioner(batch)
@@ -78,7 +79,7 @@ def main() -> None:
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-3000:])
         steps = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("STEPS "))[6:])
-        steps["process_total"] = round(time.perf_counter() - start, 3)
+        steps["process_total"] = round(time.perf_counter() - start - steps["make_input"], 3)
         runs.append(steps)
         print(steps, flush=True)
     figures: dict[str, Any] = {
