@@ -99,7 +99,8 @@ class CaptionActor:
         if callable(warm_up):
             warm_up(self.batch_size)
         # A captioner's start (imports, weights, device, warm-up) delays every caption of a
-        # run; said once per actor, on the driver's console through Ray's log forwarding.
+        # run; said once per actor, in its log (the worker's .err file under Ray's session
+        # logs: the embedded Ray does not forward worker output to the driver's console).
         print(
             f"tagcap: captioner {loaded} ready in {time.perf_counter() - started:.1f} s "
             f"(load {built - started:.1f} s, warm-up {time.perf_counter() - built:.1f} s)",

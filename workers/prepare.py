@@ -175,7 +175,8 @@ def lower_priority(niceness: int) -> None:
     privileges). On Linux the value is per thread and inherited by threads it starts, so
     the clips a task decodes on several threads all run at it. Measured on 16 cores: a
     captioner actor starting beside 15 decode tasks took 7-9 s where it takes 5 s alone
-    (importing torch, loading, capturing), and every decoded unit waited for it."""
+    (importing torch, loading, capturing), and every decoded unit waited for it; beside
+    decode tasks at nice 10 it took 6.6-6.7 s (benchmarks/RESULTS.md)."""
     if niceness <= 0 or not hasattr(os, "getpriority"):
         return
     with contextlib.suppress(OSError):
