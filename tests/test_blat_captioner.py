@@ -111,7 +111,8 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
 
 
 def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint, sample_input, tmp_path):
-    """torch costs a driver seconds of start and hundreds of MB; only actors need it."""
+    """torch costs a driver seconds of start and hundreds of MB; only actors need it (the
+    ``hf:`` captioner's module is checked alongside: its description needs no torch either)."""
     import subprocess
     import sys
 
@@ -126,6 +127,7 @@ def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint
         "prep = prepare_run(cfg)\n"
         "assert prep.info.captioner_id.startswith('blat-') and len(prep.plan.units) > 0\n"
         "assert captioners.resolve(cfg.captioner)[0].concurrent_calls == 2\n"
+        "assert captioners.resolve('hf:/nowhere')[0].name == 'hf'\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'transformers')))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

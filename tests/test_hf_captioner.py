@@ -87,8 +87,8 @@ def test_describe_and_prompt(tiny_whisper):
     info = describe(f"hf:{tiny_whisper}")
     assert info.captioner_id.startswith("hf-") and info.sample_rate == 16000 and info.clip_seconds == 4.0
     cap = build(f"hf:{tiny_whisper}", {"max_new_tokens": 5, "beam_size": 2})
-    prompt = cap.prompt(["Sine wave", "Beep, bleep"])
-    assert prompt[0] == 1 and cap.tokenizer.decode(prompt[1:]) == "sine wave , beep , bleep :"
+    prompt = cap.runtime.prompt(["Sine wave", "Beep, bleep"])
+    assert prompt[0] == 1 and cap.runtime.tokenizer.decode(prompt[1:]) == "sine wave , beep , bleep :"
     batch = ModelBatch(
         (np.random.default_rng(0).standard_normal((3, 4 * 48000)) * 3000).astype(np.int16),
         48000,

@@ -93,9 +93,11 @@ def _read_flac16(data: bytes, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.
     header promises, so that soundfile decides."""
     if data[:4] != b"fLaC":
         return None
+    # Whatever dr_flac makes of bad bytes (DecodeError, or anything else), soundfile then
+    # gives the answer that is recorded, so a failure here is never the verdict.
     try:
         info = miniaudio.flac_get_info(data)
-    except miniaudio.DecodeError:
+    except Exception:
         return None
     if info.sample_format != miniaudio.SampleFormat.SIGNED16 or info.num_frames <= 0:
         return None
@@ -103,7 +105,7 @@ def _read_flac16(data: bytes, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.
         _check_header(int(info.sample_rate), int(info.num_frames), spec)
     try:
         decoded = miniaudio.flac_read_s16(data)
-    except miniaudio.DecodeError:
+    except Exception:
         return None
     samples = np.frombuffer(decoded.samples, dtype=np.int16)
     if samples.shape[0] != info.num_frames * info.nchannels:
