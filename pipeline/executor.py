@@ -98,20 +98,22 @@ class CaptionActor:
         warm_up = getattr(self.captioner, "warm_up", None)
         if callable(warm_up):
             warm_up(self.batch_size)
-        # A captioner's start (imports, weights, device, warm-up) delays every caption of a
-        # run; said once per actor, in its log (the worker's .err file under Ray's session
-        # logs: the embedded Ray does not forward worker output to the driver's console).
-        print(
-            f"tagcap: captioner {loaded} ready in {time.perf_counter() - started:.1f} s "
-            f"(load {built - started:.1f} s, warm-up {time.perf_counter() - built:.1f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
+        warmed = time.perf_counter()
         self.filter = None
         if settings.filter_spec:
             from tagcap.workers.filters import ClapFilter
 
             self.filter = ClapFilter(settings.filter_spec, settings.filter_rule, Storage(settings.storage_options))
+        # A captioner's start (imports, weights, device, warm-up, filter) delays every
+        # caption of a run; said once per actor, in its log (the worker's .err file under
+        # Ray's session logs: the embedded Ray does not forward worker output).
+        ready = time.perf_counter()
+        print(
+            f"tagcap: captioner {loaded} ready in {ready - started:.1f} s (load {built - started:.1f} s, "
+            f"warm-up {warmed - built:.1f} s, filter {ready - warmed:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def info(self) -> CaptionerInfo:
         return self.captioner.info

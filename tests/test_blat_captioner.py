@@ -67,7 +67,7 @@ def test_blat_on_esc50(tiny_checkpoint, tmp_path):
     assert all(t and t.strip() for t in texts)
 
 
-def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_path):
+def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_path, capsys):
     """The driver records the captioner id (the weights' sha256) in the manifest; an actor
     that loads other weights (the checkpoint replaced after the run started) must not
     caption under that id."""
@@ -96,6 +96,8 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
 
     recorded = BlatCaptioner.describe(str(tiny_checkpoint), {}).captioner_id
     assert CaptionActor(settings(str(tiny_checkpoint), recorded)).info().captioner_id == recorded
+    # The actor accounts for its start in its log, once it can caption.
+    assert f"tagcap: captioner {recorded} ready in " in capsys.readouterr().err
     replaced = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, replaced)
     ckpt = load_captioner(str(replaced), Storage())

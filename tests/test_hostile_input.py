@@ -140,25 +140,29 @@ def test_a_unit_travels_as_pcm16_at_its_most_common_rate(tmp_path):
     assert abs(int(batch.waveforms[0, 100]) - 16384) <= 1  # 0.5 full scale
 
 
-def test_decode_runs_at_a_lower_priority_on_its_own_thread_only():
-    """Decode tasks yield the CPU to the captioner actor and writers (per thread on Linux:
-    the worker's other threads keep theirs)."""
-    import os
+def test_decode_runs_at_a_lower_priority_on_its_own_thread_only(tmp_path):
+    """A decode task yields the CPU to the captioner actor and writers (per thread on Linux:
+    the worker's other threads keep theirs), and never raises it back (that takes
+    privileges)."""
     import threading
 
-    from tagcap.workers.prepare import lower_priority
-
+    raw = _tar([(f"Y{YTIDS[0]}_0", "wav", _wav(48000, 0.5, 0.5), None)])
+    (tmp_path / "in.tar").write_bytes(raw)
+    unit = WorkUnit(0, "000000", "tar", (str(tmp_path / "in.tar"),))
     before = os.getpriority(os.PRIO_PROCESS, 0)
+    target = max(before, 0) + 3
     seen: dict[str, int] = {}
 
     def decode_thread() -> None:
-        lower_priority(max(before, 0) + 3)
+        _, payload = prepare_unit(unit, replace(SPEC, niceness=target), SEGMENTS, LABELS, Storage())
+        seen["samples"] = len(payload.samples)
         seen["decode"] = os.getpriority(os.PRIO_PROCESS, 0)
-        lower_priority(0)  # never raised back: that takes privileges
+        prepare_unit(unit, replace(SPEC, niceness=0), SEGMENTS, LABELS, Storage())
         seen["after_zero"] = os.getpriority(os.PRIO_PROCESS, 0)
 
     t = threading.Thread(target=decode_thread)
     t.start()
     t.join()
-    assert seen["decode"] == max(before, 0) + 3 == seen["after_zero"]
+    assert seen["samples"] == 1
+    assert seen["decode"] == target == seen["after_zero"]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before

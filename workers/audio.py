@@ -7,8 +7,9 @@ what the samples hold after (NaN/Inf), raising :class:`AudioError` with a reason
 closed vocabulary in ``schemas.records``.
 
 Two decoders: 16-bit FLAC, AudioSet's format and the bulk of any corpus tagcap reads, goes
-through dr_flac (the ``miniaudio`` package), which decodes it about 1.6x faster than
-libsndfile with bit-identical samples; everything else, and any FLAC that dr_flac does not
+through dr_flac (the ``miniaudio`` package), which decodes it with bit-identical samples
+1.1-1.2x faster than libsndfile per core on the 16-core GPU host and 1.6x on a 2-core
+machine (benchmarks/RESULTS.md); everything else, and any FLAC that dr_flac does not
 decode completely (truncated, corrupt, unknown length), goes through soundfile, whose
 verdict and error text are then the ones recorded. The fast path can therefore change how
 fast a clip decodes, never what it decodes to or why it fails.
@@ -59,8 +60,7 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     mono int16 (what the captioner's transport carries; about 10% cheaper per clip)."""
     if not data:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "zero bytes")
-    decoded = _read_flac16(data, pcm16, spec)
-    mono, rate = decoded if decoded is not None else _read_soundfile(data, pcm16, spec)
+    mono, rate = _read(data, pcm16, spec)
     if mono.shape[0] == 0:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames decoded")
     seconds = mono.shape[0] / rate
@@ -71,6 +71,12 @@ def decode_clip(data: bytes, spec: DecodeSpec, pcm16: bool = False) -> DecodedCl
     if mono.dtype == np.float32 and not np.isfinite(mono).all():
         raise AudioError(ErrorReason.NON_FINITE, f"{int((~np.isfinite(mono)).sum())} NaN/Inf samples")
     return DecodedClip(np.ascontiguousarray(mono), rate)
+
+
+def _read(data: bytes, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.ndarray, int]:
+    """(mono, rate): dr_flac where it applies and decodes every frame, else soundfile."""
+    decoded = _read_flac16(data, pcm16, spec)
+    return decoded if decoded is not None else _read_soundfile(data, pcm16, spec)
 
 
 def _check_header(rate: int, frames: int, spec: DecodeSpec) -> None:
@@ -147,8 +153,7 @@ def read_mono(data: bytes, pcm16: bool) -> tuple[np.ndarray, int]:
     """Decode to mono at the file's rate, without :func:`decode_clip`'s limits: int16 where
     ``pcm16`` and the encoding fits int16 exactly (16- and 8-bit PCM, FLAC included), else
     float32. Raises :class:`AudioError` where the bytes do not decode."""
-    decoded = _read_flac16(data, pcm16, None)
-    return decoded if decoded is not None else _read_soundfile(data, pcm16, None)
+    return _read(data, pcm16, None)
 
 
 def _downmix(samples: np.ndarray, as_int16: bool) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""A captioner checkpoint folder's files, and what the driver reads from them without
-torch: the model's configuration and the weights' digest, which names the captioner.
-Loading and saving the model itself: ``checkpoint``."""
+"""A captioner checkpoint folder's files (``config.json``, ``model.safetensors``,
+``vocab.json``, ``tags.json``), and what the driver reads from them without torch: the
+model's configuration and the weights' digest, which names the captioner. Loading and
+saving the model itself: ``checkpoint``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import json
 from tagcap.schemas.layout import join_url
 from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.storage import Storage
-
-FILES = ("config.json", "model.safetensors", "vocab.json", "tags.json")
 
 
 def captioner_id(weights_sha256: str) -> str:
