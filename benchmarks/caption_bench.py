@@ -21,13 +21,15 @@ import gc
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,7 +46,7 @@ from common import (
     make_corpus,
     write_results,
 )
-from tagcap.schemas.work import DecodeSpec
+from tagcap.schemas.work import DecodeSpec, ModelBatch
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
@@ -127,6 +129,88 @@ def ceiling(ckpt_dir: str, batches: list[int], repeats: int, iters: int) -> dict
     out["caption_gpu_ceiling_from_host_pcm_clips_per_s"] = best_host
     # How long the captions ran: a random model rarely says <eos>, so every beam runs the
     # full 20 words, the slowest case a trained model can reach.
+    return out
+
+
+# -- host input: the captioner actor's copy of a unit's PCM to the GPU ----------------------
+def _shared_pcm(batch: int) -> np.ndarray:
+    """A unit's 16-bit PCM in shared memory, as a caption call gets it from Ray's object
+    store (pageable, mapped from /dev/shm)."""
+    rng = np.random.default_rng(1)
+    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.close(fd)
+    pcm = np.memmap(path, dtype=np.int16, mode="w+", shape=(batch, RATE * 10))
+    pcm[:] = (rng.standard_normal((batch, RATE * 10)) * 3000).astype(np.int16)
+    os.unlink(path)  # the mapping stays valid
+    return pcm
+
+
+def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str, Any]:
+    """(a) The copy alone: a unit's PCM (batch x 10 s x 48 kHz, int16) from shared memory to
+    the GPU, pageable vs through the pinned buffer filled by 1, 2, 4 or 8 threads; (b) the
+    BLAT captioner as its actor runs it (host PCM in, captions out) with 1 and 2 calls at
+    once, pageable vs pinned copy."""
+    from tagcap.workers import model_input
+    from tagcap.workers.captioners import build
+
+    if not torch.cuda.is_available():
+        return {}
+    device = torch.device("cuda")
+    pcm = _shared_pcm(batch)
+    out: dict[str, Any] = {"host_copy_mb": round(pcm.nbytes / 2**20, 1)}
+    reference = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+
+    def copy_ms(staging: bool, threads: int) -> float:
+        model_input.STAGING, model_input.COPY_THREADS = staging, threads
+        model_input._copy_pool.cache_clear()
+        got = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)  # warm: pinned buffer, pool
+        if not torch.equal(got, reference):
+            raise AssertionError("the staged copy changed the model input")
+        times = []
+        for _ in range(max(5, repeats)):
+            _sync()
+            start = time.perf_counter()
+            model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+            _sync()
+            times.append(1000 * (time.perf_counter() - start))
+        return round(statistics.median(times), 2)
+
+    out["host_copy_pageable_ms"] = copy_ms(False, 1)
+    for threads in (1, 2, 4, 8):
+        out[f"host_copy_pinned_{threads}threads_ms"] = copy_ms(True, threads)
+    print("host copy", {k: v for k, v in out.items() if k.startswith("host_copy")}, flush=True)
+
+    captioner = build(f"blat:{ckpt_dir}", {})
+    captioner.warm_up(batch)
+    rng = np.random.default_rng(2)
+    known = list(captioner.runtime.ckpt.tags.index)
+    rows = [[str(m) for m in rng.choice(known, rng.integers(1, 5), replace=False)] for _ in range(batch)]
+    unit = ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
+
+    def rate(staging: bool, threads: int) -> float:
+        model_input.STAGING, model_input.COPY_THREADS = staging, 4
+        model_input._copy_pool.cache_clear()
+        captioner(unit)  # warm
+        results = []
+        for _ in range(repeats):
+            _sync()
+            start = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda _: [captioner(unit) for _ in range(calls)], range(threads)))
+            _sync()
+            results.append(batch * calls * threads / (time.perf_counter() - start))
+        return round(statistics.median(results), 1)
+
+    for staging in (False, True):
+        for threads in (1, 2):
+            key = f"actor_host_{'pinned' if staging else 'pageable'}_{threads}calls_clips_per_s"
+            out[key] = rate(staging, threads)
+            print("actor from host PCM", key, out[key], flush=True)
+    model_input.STAGING, model_input.COPY_THREADS = True, 4
+    model_input._copy_pool.cache_clear()
+    captioner = None
+    gc.collect()
+    torch.cuda.empty_cache()
     return out
 
 
@@ -254,8 +338,11 @@ def e2e(
     gpus_per_actor: float,
     tag: str,
     extra: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     rates: list[float] = []
+    dumps: list[float] = []
+    phases: list[dict[str, float]] = []
     timelines: list[dict[str, Any]] = []
     peaks: list[dict[str, int]] = []
     for r in range(repeats):
@@ -286,7 +373,7 @@ def e2e(
         if torch.cuda.is_available():
             cmd += ["--gpus-per-actor", str(gpus_per_actor)]
         timeline = os.path.join(work, f"timeline-{tag}-{r}.json")
-        env = {**os.environ, "TAGCAP_RAY_TIMELINE": timeline}
+        env = {**os.environ, **(extra_env or {}), "TAGCAP_RAY_TIMELINE": timeline}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with TreeMemory(proc.pid) as mem:
@@ -302,11 +389,19 @@ def e2e(
         written = sum(s["written"] for s in stats)
         if written != corpus.clips:
             raise RuntimeError(f"{written} of {corpus.clips} clips written")
-        rates.append(corpus.clips / wall)
+        # The timeline this benchmark asks for is its own instrumentation, not the run's work.
+        dump = re.search(r"Ray timeline written in ([\d.]+) s", stderr)
+        dumps.append(float(dump.group(1)) if dump else 0.0)
+        phases.append({k: float(v) for k, v in re.findall(r"(Ray start|units|Ray stop) ([\d.]+) s", stderr)})
+        rates.append(corpus.clips / (wall - dumps[-1]))
         timelines.append(summarize_timeline(timeline) if os.path.exists(timeline) else {})
         print(f"e2e {tag} run {r}: timeline {json.dumps(timelines[-1])}", flush=True)
         peaks.append(mem.peak)
-        print(f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s = {rates[-1]:.0f} clips/s", flush=True)
+        print(
+            f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s ({dumps[-1]:.1f} s of it the timeline dump) "
+            f"= {rates[-1]:.0f} clips/s; {phases[-1]}",
+            flush=True,
+        )
         print(f"e2e {tag} run {r}: {_actor_start_lines()}", flush=True)
         print(stderr[-1500:], flush=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -314,6 +409,8 @@ def e2e(
     return {
         f"e2e_{tag}_clips_per_s": round(statistics.median(rates), 1),
         f"e2e_{tag}_runs": [round(x, 1) for x in rates],
+        f"e2e_{tag}_timeline_dump_s": dumps,
+        f"e2e_{tag}_phases_s": phases,
         # Clips over the span from the first task's start to the last task's end: the run
         # without process start, Ray start and model load, with its fill and drain.
         f"e2e_{tag}_task_span_clips_per_s": round(
@@ -370,8 +467,27 @@ def main() -> None:
         "what",
         nargs="+",
         choices=[
-            *("corpus", "ceiling", "decode", "baseline", "baseline_fast_decoder", "disk", "memory", "all"),
-            *("e2e", "e2e_full", "e2e_none", "e2e_inflight", "e2e_scaling", "e2e_decode_threads", "e2e_nice0"),
+            *(
+                "corpus",
+                "ceiling",
+                "host_input",
+                "decode",
+                "baseline",
+                "baseline_fast_decoder",
+                "disk",
+                "memory",
+                "all",
+            ),
+            *(
+                "e2e",
+                "e2e_full",
+                "e2e_none",
+                "e2e_inflight",
+                "e2e_scaling",
+                "e2e_decode_threads",
+                "e2e_nice0",
+                "e2e_levers7",
+            ),
         ],
     )
     ap.add_argument("--work", default="/tmp/tagcap-bench")
@@ -400,6 +516,8 @@ def main() -> None:
     print(machine(), f"corpus {corpus.clips} clips, {corpus.bytes / 1e9:.2f} GB", flush=True)
     if "ceiling" in what:
         figures.update(ceiling(ckpt, sorted({128, args.batch, 2 * args.batch}), args.repeats, 4))
+    if "host_input" in what:
+        figures.update(host_input(ckpt, args.batch, args.repeats, 8))
     if "decode" in what:
         figures.update(decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus))
     if "e2e_inflight" in what:
@@ -417,6 +535,26 @@ def main() -> None:
         figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "one_thread", ("--actor-threads", "1")))
         if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
             figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
+    if "e2e_levers7" in what:
+        # This session's levers, each run off alone against the default, interleaved round
+        # by round so that a drift of the machine spreads over all of them.
+        variants = {
+            "full": {},
+            "no_writeback": {"TAGCAP_WRITEBACK_MB": "0"},
+            "pageable_h2d": {"TAGCAP_H2D_STAGING": "0"},
+        }
+        runs: dict[str, list[dict[str, Any]]] = {tag: [] for tag in variants}
+        for _ in range(args.repeats):
+            for tag, env in variants.items():
+                runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, extra_env=env))
+        for tag, results in runs.items():
+            for kind in ("clips_per_s", "task_span_clips_per_s", "steady_clips_per_s"):
+                values = [r[f"e2e_{tag}_{kind}"] for r in results if r.get(f"e2e_{tag}_{kind}")]
+                figures[f"e2e_{tag}_{kind}"] = round(statistics.median(values), 1) if values else None
+                figures[f"e2e_{tag}_{kind}_runs"] = values
+            figures[f"e2e_{tag}_timeline"] = results[0][f"e2e_{tag}_timeline"]
+            figures[f"e2e_{tag}_phases_s"] = [p for r in results for p in r[f"e2e_{tag}_phases_s"]]
+        figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
     if "e2e_nice0" in what:
         # Lever: decode tasks at the actor's priority (the default runs them at nice 10).
         figures.update(

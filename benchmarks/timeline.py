@@ -41,22 +41,30 @@ def summarize_timeline(path: str) -> dict[str, Any]:
 
 
 def _steady_state(events: list[dict[str, Any]], start: float) -> dict[str, Any]:
-    """Units decoded per second once the pipeline flows: from the first caption call's
-    start (the captioner is up; units decoded before it are the start-up backlog) to the
-    last decode task's start (every slot could still be fed), the decode tasks that ended
-    in that window over its length."""
+    """Units decoded per second once the pipeline flows, in the window from one decode
+    task's length after the first caption call (the captioner is up, and decode slots that
+    idled while it started have refilled) to the last decode task's start (every slot could
+    still be fed). Each decode task counts by the fraction of it inside the window, so the
+    rate is what the slots did there, not how many happened to end there.
+
+    (Until 2026-12-01 the window opened at the first caption call and counted the tasks
+    that ended in it: the refill after the captioner's start, when few tasks end, made that
+    figure low by a fifth to a quarter.)"""
     prepares = [e for e in events if e["name"].endswith("._prepare")]
     captions = [e for e in events if e["name"] == "caption"]
     if not prepares or not captions:
         return {}
-    lo = min(e["ts"] for e in captions)
+    refill = statistics.median(e["dur"] for e in prepares)
+    lo = min(e["ts"] for e in captions) + refill
     hi = max(e["ts"] for e in prepares)
     if hi <= lo:
         return {}
-    ended = sum(lo <= e["ts"] + e["dur"] <= hi for e in prepares)
+    units = sum(max(0.0, min(e["ts"] + e["dur"], hi) - max(e["ts"], lo)) / e["dur"] for e in prepares if e["dur"] > 0)
+    busy = sum(max(0.0, min(e["ts"] + e["dur"], hi) - max(e["ts"], lo)) for e in prepares) / (hi - lo)
     return {
         "steady_window_s": [round((lo - start) / 1e6, 2), round((hi - start) / 1e6, 2)],
-        "steady_units_per_s": round(ended / ((hi - lo) / 1e6), 3),
+        "steady_units_per_s": round(units / ((hi - lo) / 1e6), 3),
+        "steady_decode_slots_busy": round(busy, 2),
     }
 
 

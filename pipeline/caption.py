@@ -263,6 +263,7 @@ def _run_leased(prep: Prepared) -> int:
             else contextlib.nullcontext()
         )
         with session:
+            ready = time.time()
             result = run_units(
                 todo,
                 settings,
@@ -275,9 +276,12 @@ def _run_leased(prep: Prepared) -> int:
                 on_done=progress.shard_done,
                 on_failed=progress.shard_failed,
             )
+            finished = time.time()
     finally:
         progress.close()
     wall = time.time() - t0
+    # Where the wall-clock time went: a short job is mostly Ray's start and stop.
+    phases = {"Ray start": ready - t0, "units": finished - ready, "Ray stop": wall - (finished - t0)}
 
     all_stats = read_stats(layout, storage, committed_shards(layout, storage))
     write_sizes(layout, storage, all_stats)
@@ -290,11 +294,13 @@ def _run_leased(prep: Prepared) -> int:
     complete = not result.failed and len(all_stats) == len(prep.plan.units)
     manifest.status = "complete" if complete else "incomplete"
     write_manifest(layout, storage, manifest)
-    _print_summary(manifest, result.stats, all_stats, wall, result.retries)
+    _print_summary(manifest, result.stats, all_stats, wall, result.retries, phases)
     return 0 if complete else 1
 
 
-def _print_summary(manifest: RunManifest, new_stats, all_stats, wall: float, retries: int) -> None:
+def _print_summary(
+    manifest: RunManifest, new_stats, all_stats, wall: float, retries: int, phases: dict[str, float]
+) -> None:
     reasons: dict[str, int] = {}
     for s in all_stats.values():
         for reason, n in s.failed.items():
@@ -306,6 +312,7 @@ def _print_summary(manifest: RunManifest, new_stats, all_stats, wall: float, ret
         f"{len(new_stats)} this run, {len(manifest.failed_shards)} failed, {retries} retries",
         f"samples: {manifest.samples_in} in, {manifest.samples_written} written, {manifest.samples_failed} failed",
         f"this run: {clips_now} clips in {wall:.1f} s ({clips_now / wall if wall > 0 else 0:.1f} clips/s)",
+        "time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()),
     ]
     if reasons:
         lines.append("failed by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))

@@ -4,7 +4,7 @@ import torch
 
 from tagcap.schemas.records import ErrorReason
 from tagcap.schemas.work import DecodeSpec
-from tagcap.workers import audio
+from tagcap.workers import audio, model_input
 from tagcap.workers.audio import AudioError, decode_clip, encode_flac, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
 from tests.builders import encode, tone
@@ -154,6 +154,23 @@ def test_model_waveforms_match_the_cpu_path_from_pcm16():
     same = model_waveforms(pcm[:, :100].astype(np.float32) / 32768, 48000, 48000, 100, "cpu")
     assert np.array_equal(same.numpy(), pcm[:, :100] / np.float32(32768))
     assert to_pcm16(np.array([2.0, -2.0, 0.5], np.float32)).tolist() == [32767, -32767, 16384]
+
+
+def test_model_waveforms_take_a_tensor_as_they_take_its_array():
+    pcm = (np.random.default_rng(3).standard_normal((3, 4800)) * 3000).astype(np.int16)
+    from_array = model_waveforms(pcm, 48000, 16000, 1600, "cpu")
+    assert torch.equal(model_waveforms(torch.from_numpy(pcm), 48000, 16000, 1600, "cpu"), from_array)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 4, 8])
+@pytest.mark.parametrize("size", [0, 1, 7, (8 << 20) // 2 + 3])
+def test_parallel_copy_copies_every_element_once(monkeypatch, threads, size):
+    """The pinned buffer's fill (GPU path) in pieces: whatever the split, all of it."""
+    monkeypatch.setattr(model_input, "COPY_THREADS", threads)
+    src = np.arange(size, dtype=np.int16)
+    dst = np.full(size, -1, dtype=np.int16)
+    model_input._parallel_copy(dst, src)
+    assert np.array_equal(dst, src)
 
 
 def pcm_round(x: np.ndarray) -> np.ndarray:

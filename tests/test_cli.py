@@ -1,6 +1,7 @@
 """The command line: config files, and bad configurations failing at once, before Ray."""
 
 import json
+import re
 import subprocess
 
 import yaml
@@ -90,6 +91,10 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert "Ray dashboard: http://127.0.0.1:" in proc.stderr  # on loopback, and said where
     assert "caption: 100%" in proc.stderr and "2/2" in proc.stderr  # the progress bar
     assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr
+    # Where the time went: the phases add up to the run's wall-clock time.
+    wall = float(re.search(r"this run: 6 clips in ([\d.]+) s", proc.stderr).group(1))
+    phases = [float(x) for x in re.findall(r"(?:Ray start|units|Ray stop) ([\d.]+) s", proc.stderr)]
+    assert len(phases) == 3 and abs(sum(phases) - wall) <= 0.2 and phases[1] > 0
     check_output(str(tmp_path / "out"), expected_inputs=6)
     # The run's Ray timeline holds a decode task per unit and the write tasks. (The captioner
     # actor's calls may be missing: its events are lost when the actor is killed at the end.)

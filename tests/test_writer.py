@@ -2,6 +2,7 @@
 unit's audio crosses process boundaries as one out-of-band buffer."""
 
 import io
+import itertools
 import os
 import pickle
 import tarfile
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tagcap.schemas.work import PackedBytes
-from tagcap.workers.writer import _tarinfo, _TarStream
+from tagcap.workers.writer import _tarinfo, _TarStream, _writeback_bytes
 
 SIZES = [0, 1, 511, 512, 513, 10_000, 70_001]
 
@@ -31,6 +32,47 @@ def test_tar_stream_is_byte_identical_to_tarfile(count):
     assert ours.getvalue() == theirs.getvalue()
     with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == members
+
+
+def test_tar_stream_hands_what_it_wrote_to_the_disk_in_order_and_stays_identical(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    members = [(f"{i}.flac", rng.bytes(size)) for i, size in enumerate([5_000, 700, 12_000, 0, 3_333, 9_000])]
+    handed: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        handed.append((offset, length))
+        assert advice == os.POSIX_FADV_DONTNEED
+        # What it hands over is on the file already, not in Python's buffer.
+        assert os.fstat(fd).st_size >= offset + length
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    path = tmp_path / "shard.tar"
+    with open(path, "wb") as fh:
+        stream = _TarStream(fh, writeback=4096)
+        for name, data in members:
+            stream.add(name, data)
+        stream.close()
+    theirs = io.BytesIO()
+    with tarfile.open(fileobj=theirs, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    assert path.read_bytes() == theirs.getvalue()
+    # Contiguous ranges from 0, each at least the writeback size, never past the members.
+    assert len(handed) >= 3 and handed[0][0] == 0
+    for (a, n), (b, _) in itertools.pairwise(handed):
+        assert b == a + n and n >= 4096
+    assert handed[-1][0] + handed[-1][1] <= stream.offset
+
+
+def test_writeback_size_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TAGCAP_WRITEBACK_MB", "0")
+    assert _writeback_bytes() == 0
+    monkeypatch.setenv("TAGCAP_WRITEBACK_MB", "0.5")
+    assert _writeback_bytes() == 512 * 1024
+    monkeypatch.delenv("TAGCAP_WRITEBACK_MB")
+    assert _writeback_bytes() == 64 * 2**20
 
 
 def test_packed_bytes_round_trip_out_of_band():

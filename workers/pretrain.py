@@ -297,9 +297,7 @@ def train_step(
     grad_clip: float,
 ) -> torch.Tensor:
     """One optimisation step on one rank; returns the loss (not synchronised)."""
-    waves = model_waveforms(
-        batch.pcm.numpy(), batch.sample_rate, core.cfg.frontend.sample_rate, core.clip_samples, device
-    )
+    waves = model_waveforms(batch.pcm, batch.sample_rate, core.cfg.frontend.sample_rate, core.clip_samples, device)
     tokens = core.tokenize(batch.texts, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         audio, text, scale = model(waves, tokens["input_ids"], tokens["attention_mask"])
