@@ -461,6 +461,19 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
     return {"disk_write_gb_per_s": round(gb * (1 << 30) / 1e9 / seconds, 3)}
 
 
+# Levers of the end-to-end run, each the default with one thing changed: flags, environment.
+LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "full": ((), {}),
+    "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
+    "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),
+    # The resources before 2026-12-01's later change: the GPU actor and each write task
+    # reserving CPUs (14-15 decode slots on 16 cores instead of 16).
+    "old_resources": (("--cpus-per-actor", "1", "--write-cpus", "0.25"), {}),
+    # No extra units while the actor starts: the steady limit of 16 slots + 1 actor.
+    "no_start_allowance": (("--max-inflight", "34"), {}),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -498,6 +511,7 @@ def main() -> None:
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default="caption")
     ap.add_argument("--inflight", type=int, help="units in flight for e2e_inflight (default 2 x (CPUs + 1))")
+    ap.add_argument("--levers", default="full,no_writeback,pageable_h2d", help=f"for e2e_levers: of {sorted(LEVERS)}")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
     what = set(args.what)
@@ -535,18 +549,14 @@ def main() -> None:
         figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "one_thread", ("--actor-threads", "1")))
         if torch.cuda.is_available():  # issue 5 on one GPU: two actors sharing it
             figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 2, 0.5, "2actors_half_gpu"))
-    if "e2e_levers7" in what:
+    if "e2e_levers" in what:
         # This session's levers, each run off alone against the default, interleaved round
         # by round so that a drift of the machine spreads over all of them.
-        variants = {
-            "full": {},
-            "no_writeback": {"TAGCAP_WRITEBACK_MB": "0"},
-            "pageable_h2d": {"TAGCAP_H2D_STAGING": "0"},
-        }
-        runs: dict[str, list[dict[str, Any]]] = {tag: [] for tag in variants}
+        chosen = {tag: LEVERS[tag] for tag in args.levers.split(",")}
+        runs: dict[str, list[dict[str, Any]]] = {tag: [] for tag in chosen}
         for _ in range(args.repeats):
-            for tag, env in variants.items():
-                runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, extra_env=env))
+            for tag, (flags, env) in chosen.items():
+                runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
         for tag, results in runs.items():
             for kind in ("clips_per_s", "task_span_clips_per_s", "steady_clips_per_s"):
                 values = [r[f"e2e_{tag}_{kind}"] for r in results if r.get(f"e2e_{tag}_{kind}")]

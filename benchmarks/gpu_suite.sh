@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|none7|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|none7|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -81,7 +81,14 @@ for what in "$@"; do
                host_input decode 2>&1 | tee "$results/caption-host-input.log" ;;
     levers7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-3}" --results "$results" --name caption-levers7 \
-               e2e_levers7 2>&1 | tee "$results/caption-levers7.log" ;;
+               e2e_levers 2>&1 | tee "$results/caption-levers7.log" ;;
+    levers8) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-3}" --results "$results" --name caption-levers8 \
+               --levers full,old_resources,no_start_allowance,pageable_h2d \
+               e2e_levers 2>&1 | tee "$results/caption-levers8.log" ;;
+    final7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-2}" --results "$results" --name caption-final7 \
+               e2e_full e2e_none memory baseline 2>&1 | tee "$results/caption-final7.log" ;;
     none7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-none7 \
                e2e_none baseline 2>&1 | tee "$results/caption-none7.log" ;;

@@ -32,7 +32,11 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", help="copy (default) | flac:RATE | none")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpus-per-actor", type=float)
-    p.add_argument("--cpus-per-actor", type=float)
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="CPUs per captioner actor (default 1; 0 for a GPU actor while decode tasks run at a lower priority)",
+    )
     p.add_argument("--actors", type=int)
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs")
@@ -48,6 +52,11 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
     p.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")
     p.add_argument("--decode-cpus", type=float, help="CPUs per decode task")
+    p.add_argument(
+        "--write-cpus",
+        type=float,
+        help="CPUs per write task (default 0 with decode tasks at a lower priority, else 0.25)",
+    )
     p.add_argument(
         "--decode-niceness",
         type=int,

@@ -68,8 +68,9 @@ class ExecutionSettings:
     gpus_per_actor: float
     cpus_per_actor: float
     decode_cpus: float
-    max_inflight: int | None  # None: see _inflight_limit
+    max_inflight: int | None  # None: see inflight_limits
     max_attempts: int
+    write_cpus: float = 0.0
     actor_threads: int = 1
     filter_spec: str | None = None
     filter_rule: str = "best>=0.5"
@@ -140,7 +141,6 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-_WRITE_CPUS = 0.25
 _ACTOR_RECOVERY_S = 120.0
 
 
@@ -149,7 +149,7 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
     cluster: a decode task and a writer must always be able to run, or the pipeline
     deadlocks waiting for input that cannot be produced."""
     total = float(ray.cluster_resources().get("CPU", 0.0))
-    spare = total - settings.decode_cpus - _WRITE_CPUS
+    spare = total - settings.decode_cpus - settings.write_cpus
     if n_actors * settings.cpus_per_actor <= spare:
         return settings.cpus_per_actor
     capped = max(spare, 0.0) / n_actors
@@ -161,42 +161,64 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
     return round(capped, 4)
 
 
-def inflight_limit(
+@dataclass(frozen=True)
+class InflightLimits:
+    """Work units in the air at once: ``steady`` once captions flow, ``start`` until the
+    first unit is done (while the captioner actors start)."""
+
+    steady: int
+    start: int
+
+
+def inflight_limits(
     cpus: float,
     store_bytes: float,
     n_actors: int,
     actor_cpus: float,
     decode_cpus: float,
     unit_bytes: int | None,
-) -> int:
-    """Work units in flight at once, by default: twice the units that can decode at once
-    (every CPU the actors leave free, less one kept for the write tasks) plus two per actor,
-    so a decode task that finishes always finds its next unit queued (Ray's timeline showed
-    decode slots idle with one unit per slot; on one H100 and 16 cores doubling it was a
-    small gain at most, 513 -> 540 clips/s over the task span). A unit in flight
-    holds about three times its input bytes in the object store (its audio bytes and its
-    PCM, about twice compressed FLAC), so the count is capped to keep them within half the
-    store; bounded either way, so memory does not grow with the corpus."""
-    # The CPU kept free: with every CPU decoding, a finished unit would wait for a decode
-    # task to end before it could be written.
-    decoding = max(1, int(max(cpus - n_actors * actor_cpus - 1.0, 1.0) / decode_cpus))
-    limit = 2 * (decoding + n_actors)
+    write_cpus: float = 0.0,
+) -> InflightLimits:
+    """The default limits on work units in flight.
+
+    Steady: twice the units that can decode at once (the CPUs the actors leave, less one
+    kept for write tasks where they reserve CPUs) plus two per actor, so a decode task
+    that finishes always finds its next unit queued (Ray's timeline showed decode slots
+    idle with one unit per slot).
+
+    Start: while the captioner actors start (5-10 s for a GPU model: importing torch,
+    loading, capturing) every decoded unit waits for them; with the steady limit the
+    decode slots then stood idle for seconds of every run's timeline. Until the first
+    unit is done, units may fill the memory cap instead.
+
+    A unit in flight holds about three times its input bytes in the object store (its
+    audio bytes and its PCM, about twice compressed FLAC), so both limits are capped to
+    keep them within half the store; bounded either way, so memory does not grow with the
+    corpus. Input sizes unknown: no start allowance."""
+    kept_for_writes = 1.0 if write_cpus > 0 else 0.0
+    decoding = max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
+    steady = 2 * (decoding + n_actors)
+    start = steady
     if unit_bytes and store_bytes > 0:
-        limit = min(limit, int(0.5 * store_bytes / (3 * unit_bytes)))
-    return max(n_actors + 1, limit)
+        by_memory = int(0.5 * store_bytes / (3 * unit_bytes))
+        steady = min(steady, by_memory)
+        start = max(steady, by_memory)
+    floor = n_actors + 1
+    return InflightLimits(max(floor, steady), max(floor, start))
 
 
-def _inflight_limit(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> int:
+def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
     if settings.max_inflight:
-        return settings.max_inflight
+        return InflightLimits(settings.max_inflight, settings.max_inflight)
     resources = ray.cluster_resources()
-    return inflight_limit(
+    return inflight_limits(
         float(resources.get("CPU", 1.0)),
         float(resources.get("object_store_memory", 0.0)),
         n_actors,
         actor_cpus,
         settings.decode_cpus,
         settings.unit_bytes,
+        settings.write_cpus,
     )
 
 
@@ -217,7 +239,7 @@ def run_units(
         return result
     n_actors = max(1, min(settings.actors, len(units)))
     actor_cpus = _actor_cpus(settings, n_actors)
-    inflight_limit = _inflight_limit(settings, n_actors, actor_cpus)
+    limits = _inflight_limits(settings, n_actors, actor_cpus)
     actor_cls = ray.remote(CaptionActor).options(
         num_gpus=settings.gpus_per_actor,
         num_cpus=actor_cpus,
@@ -247,15 +269,16 @@ def run_units(
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
-    write = _write.options(num_cpus=_WRITE_CPUS, max_retries=0)
+    write = _write.options(num_cpus=settings.write_cpus, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
     inflight: dict[ray.ObjectRef, tuple[WorkUnit, int, int]] = {}  # -> unit, attempt, actor
     submitted: dict[ray.ObjectRef, float] = {}
     next_actor = 0
+    flowing = False  # a unit is done: the captioners are up, the steady limit applies
     try:
         while pending or inflight:
-            while pending and len(inflight) < inflight_limit:
+            while pending and len(inflight) < (limits.steady if flowing else limits.start):
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2
@@ -276,6 +299,7 @@ def run_units(
                 # units queued behind it fail over and are retried).
                 ray.kill(actors[inflight[ref][2]], no_restart=False)
             for ref in [*done, *stuck]:
+                flowing = True
                 unit, attempt, actor_index = inflight.pop(ref)
                 submitted.pop(ref, None)
                 try:

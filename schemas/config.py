@@ -27,6 +27,7 @@ EXECUTION_FIELDS = frozenset(
         "progress",
         "storage_options",
         "decode_cpus",
+        "write_cpus",
         "decode_niceness",
         "object_store_memory",
         "num_cpus",
@@ -68,7 +69,8 @@ class CaptionConfig:
     audio: str = "copy"
     batch_size: int = 64
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    # None: see ``actor_cpus``.
+    cpus_per_actor: float | None = None
     actors: int = 1
     ray_address: str | None = None
     files_per_shard: int = 256
@@ -81,6 +83,7 @@ class CaptionConfig:
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
     decode_cpus: float = 1.0
+    write_cpus: float | None = None  # None: see ``write_task_cpus``
     # Decode tasks are throughput work: at a lower CPU priority they never delay the
     # captioner actor (its start, its GPU feeding), the writers or Ray's own processes.
     decode_niceness: int = 10
@@ -106,6 +109,31 @@ class CaptionConfig:
             raise ValueError("--files-per-shard must be >= 1")
         if self.max_attempts < 1:
             raise ValueError("--max-attempts must be >= 1")
+        for name in ("cpus_per_actor", "write_cpus"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+
+    @property
+    def actor_cpus(self) -> float:
+        """CPUs Ray reserves per captioner actor. A CPU actor runs its model on them: 1 by
+        default. A GPU actor's own CPU work (copying batches, decoding captions) is light
+        and, with decode tasks below its priority (``decode_niceness`` > 0), takes the CPU
+        it needs from them whenever it needs it: reserving none leaves every core to a
+        decode task (on 16 cores: 16 decode tasks instead of 14-15). Capped at 1 for a GPU
+        actor."""
+        if self.cpus_per_actor is not None:
+            return self.cpus_per_actor if self.gpus_per_actor == 0 else min(self.cpus_per_actor, 1.0)
+        return 0.0 if self.gpus_per_actor > 0 and self.decode_niceness > 0 else 1.0
+
+    @property
+    def write_task_cpus(self) -> float:
+        """CPUs Ray reserves per write task: none while decode tasks run below the writers'
+        priority (a write waits on the disk more than it computes, and takes its CPU from
+        a decode task when it does), else a quarter."""
+        if self.write_cpus is not None:
+            return self.write_cpus
+        return 0.0 if self.decode_niceness > 0 else 0.25
 
     @property
     def audio_mode(self) -> AudioMode:

@@ -80,3 +80,11 @@ class WarmUpTemplate(_Plugin):
         if self.warmed is None or len(batch) > self.warmed:
             raise RuntimeError(f"batch of {len(batch)} after a warm-up for {self.warmed}")
         return super().__call__(batch)
+
+
+class SlowStartTemplate(_Plugin):
+    """Takes ``start_s`` seconds to start, as a GPU model does (imports, weights, capture)."""
+
+    def __init__(self, config: dict[str, Any]):
+        time.sleep(float(config.get("start_s", 2.0)))
+        super().__init__(config)
