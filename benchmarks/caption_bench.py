@@ -499,7 +499,7 @@ def main() -> None:
                 "e2e_scaling",
                 "e2e_decode_threads",
                 "e2e_nice0",
-                "e2e_levers7",
+                "e2e_levers",
             ),
         ],
     )
