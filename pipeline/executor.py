@@ -163,11 +163,12 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
 
 @dataclass(frozen=True)
 class InflightLimits:
-    """Work units in the air at once: ``steady`` once captions flow, ``start`` until the
-    first unit is done (while the captioner actors start)."""
+    """Work units in the air: at most ``total`` at any time (memory), of which at most
+    ``ahead`` not yet captioned once caption calls return (until then, while the
+    captioner actors start, up to ``total`` of them)."""
 
-    steady: int
-    start: int
+    ahead: int
+    total: int
 
 
 def inflight_limits(
@@ -181,30 +182,26 @@ def inflight_limits(
 ) -> InflightLimits:
     """The default limits on work units in flight.
 
-    Steady: twice the units that can decode at once (the CPUs the actors leave, less one
-    kept for write tasks where they reserve CPUs) plus two per actor, so a decode task
-    that finishes always finds its next unit queued (Ray's timeline showed decode slots
-    idle with one unit per slot).
+    Ahead of the captioners: twice the units that can decode at once (the CPUs the actors
+    leave, less one kept for write tasks where they reserve CPUs) plus two per actor, so a
+    decode task that finishes always finds its next unit queued (Ray's timeline showed
+    decode slots idle with one unit per slot). Units being written do not count against
+    it: when a burst of them waited on the disk, decoding stopped (2026-12-01 timelines).
 
-    Start: while the captioner actors start (5-10 s for a GPU model: importing torch,
-    loading, capturing) every decoded unit waits for them; with the steady limit the
-    decode slots then stood idle for seconds of every run's timeline. Until the first
-    unit is done, units may fill the memory cap instead.
-
-    A unit in flight holds about three times its input bytes in the object store (its
-    audio bytes and its PCM, about twice compressed FLAC), so both limits are capped to
-    keep them within half the store; bounded either way, so memory does not grow with the
-    corpus. Input sizes unknown: no start allowance."""
+    In total: what half the object store holds. A unit in flight holds about three times
+    its input bytes there (its audio bytes and its PCM, about twice compressed FLAC);
+    bounded, so memory does not grow with the corpus. While the captioner actors start
+    (5-10 s for a GPU model: importing torch, loading, capturing), decoded units wait in
+    the store up to this cap instead of the decode slots standing idle. Input sizes
+    unknown: the total is the ahead limit (memory cannot be bounded otherwise)."""
     kept_for_writes = 1.0 if write_cpus > 0 else 0.0
     decoding = max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
-    steady = 2 * (decoding + n_actors)
-    start = steady
+    ahead = total = 2 * (decoding + n_actors)
     if unit_bytes and store_bytes > 0:
-        by_memory = int(0.5 * store_bytes / (3 * unit_bytes))
-        steady = min(steady, by_memory)
-        start = max(steady, by_memory)
+        total = int(0.5 * store_bytes / (3 * unit_bytes))
+        ahead = min(ahead, total)
     floor = n_actors + 1
-    return InflightLimits(max(floor, steady), max(floor, start))
+    return InflightLimits(max(floor, ahead), max(floor, total, ahead))
 
 
 def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
@@ -220,6 +217,30 @@ def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: flo
         settings.unit_bytes,
         settings.write_cpus,
     )
+
+
+@dataclass
+class _Flight:
+    """A unit in the air: its attempt, the actor it went to, when, and its caption call
+    until that returns (then only its write task is left)."""
+
+    unit: WorkUnit
+    attempt: int
+    actor: int
+    submitted: float
+    captions: ray.ObjectRef | None
+
+
+def _ready(refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+    """The refs that are ready: waits up to a second for one, then takes every other one
+    ready by then. Nothing is fetched: results are read with ``ray.get`` where needed."""
+    if not refs:
+        return []
+    first, rest = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+    if not first or not rest:
+        return first
+    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+    return [*first, *more]
 
 
 def run_units(
@@ -272,13 +293,18 @@ def run_units(
     write = _write.options(num_cpus=settings.write_cpus, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
-    inflight: dict[ray.ObjectRef, tuple[WorkUnit, int, int]] = {}  # -> unit, attempt, actor
-    submitted: dict[ray.ObjectRef, float] = {}
+    inflight: dict[ray.ObjectRef, _Flight] = {}  # by the unit's write task
+    captioning: dict[ray.ObjectRef, ray.ObjectRef] = {}  # captions not yet made -> write task
     next_actor = 0
-    flowing = False  # a unit is done: the captioners are up, the steady limit applies
+    flowing = False  # a caption call has returned: the actors are up, the ahead limit applies
+
+    def room() -> bool:
+        ahead = limits.ahead if flowing else limits.total
+        return len(captioning) < ahead and len(inflight) < limits.total
+
     try:
         while pending or inflight:
-            while pending and len(inflight) < (limits.steady if flowing else limits.start):
+            while pending and room():
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2
@@ -286,22 +312,27 @@ def run_units(
                 next_actor += 1
                 captions_ref = actors[actor_index].caption.remote(batch_ref)
                 write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
-                inflight[write_ref] = (unit, attempt, actor_index)
-                submitted[write_ref] = time.monotonic()
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                inflight[write_ref] = _Flight(unit, attempt, actor_index, time.monotonic(), captions_ref)
+                captioning[captions_ref] = write_ref
+            done = _ready([*inflight, *captioning])
+            for ref in done:
+                if ref in captioning:  # captioned: only its writing is left
+                    inflight[captioning.pop(ref)].captions = None
+                    flowing = True
             # A unit stuck past its deadline (e.g. waiting on objects lost with a node that
             # Ray keeps trying to reconstruct) is cancelled and counts as a failed attempt.
             now = time.monotonic()
-            stuck = [r for r in inflight if r not in done and now - submitted[r] > settings.unit_timeout_s]
+            stuck = [r for r, f in inflight.items() if r not in done and now - f.submitted > settings.unit_timeout_s]
             for ref in stuck:
                 ray.cancel(ref, force=False, recursive=True)
                 # A captioner stuck in a call cannot be cancelled: restart its actor (the
                 # units queued behind it fail over and are retried).
-                ray.kill(actors[inflight[ref][2]], no_restart=False)
-            for ref in [*done, *stuck]:
-                flowing = True
-                unit, attempt, actor_index = inflight.pop(ref)
-                submitted.pop(ref, None)
+                ray.kill(actors[inflight[ref].actor], no_restart=False)
+            for ref in [*(r for r in done if r in inflight), *stuck]:
+                flight = inflight.pop(ref)
+                if flight.captions is not None:
+                    captioning.pop(flight.captions, None)
+                unit, attempt, actor_index = flight.unit, flight.attempt, flight.actor
                 try:
                     if ref in stuck:
                         raise TimeoutError(f"unit did not finish within {settings.unit_timeout_s:g} s")

@@ -1,5 +1,6 @@
-"""How many work units are in flight: by default enough to keep every decode slot fed,
-more while the captioner actors start, never more than half the object store holds."""
+"""How many work units are in flight: by default enough ahead of the captioners to keep
+every decode slot fed (more while they start), never more than half the object store
+holds, units being written included."""
 
 import json
 from pathlib import Path
