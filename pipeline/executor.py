@@ -163,12 +163,23 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
 
 @dataclass(frozen=True)
 class InflightLimits:
-    """Work units in the air: at most ``total`` at any time (memory), of which at most
-    ``ahead`` not yet captioned once caption calls return (until then, while the
-    captioner actors start, up to ``total`` of them)."""
+    """Which work units may go into the air. A unit is *ahead* (submitted, its captions
+    not yet returned) or *writing* (only its write task left). At most ``ahead`` units may
+    be ahead once caption calls return (until then, while the captioner actors start, as
+    many as the budget takes), and the units in the air must fit ``budget``: a unit ahead
+    costs ``ahead_cost``, one writing ``writing_cost``."""
 
     ahead: int
-    total: int
+    budget: float
+    ahead_cost: float = 1.0
+    writing_cost: float = 1.0
+
+    def admits(self, ahead: int, writing: int, flowing: bool) -> bool:
+        """Whether one more unit may go: ``ahead`` and ``writing`` are in the air now;
+        ``flowing``: a caption call has returned."""
+        if flowing and ahead >= self.ahead:
+            return False
+        return (ahead + 1) * self.ahead_cost + writing * self.writing_cost <= self.budget
 
 
 def inflight_limits(
@@ -185,28 +196,31 @@ def inflight_limits(
     Ahead of the captioners: twice the units that can decode at once (the CPUs the actors
     leave, less one kept for write tasks where they reserve CPUs) plus two per actor, so a
     decode task that finishes always finds its next unit queued (Ray's timeline showed
-    decode slots idle with one unit per slot). Units being written do not count against
-    it: when a burst of them waited on the disk, decoding stopped (2026-12-01 timelines).
+    decode slots idle with one unit per slot).
 
-    In total: what half the object store holds. A unit in flight holds about three times
-    its input bytes there (its audio bytes and its PCM, about twice compressed FLAC);
-    bounded, so memory does not grow with the corpus. While the captioner actors start
-    (5-10 s for a GPU model: importing torch, loading, capturing), decoded units wait in
-    the store up to this cap instead of the decode slots standing idle. Input sizes
-    unknown: the total is the ahead limit (memory cannot be bounded otherwise)."""
+    Memory: the units in the air fit half the object store. A unit ahead holds about
+    three times its input bytes there (its audio bytes and its PCM, about twice compressed
+    FLAC); a unit writing holds its audio only (its PCM is released once captioned), a
+    third of that. Counting a writing unit as a whole one stopped decoding whenever a
+    burst of writes waited on the disk (2026-12-01 timelines). While the captioner actors
+    start (5-10 s for a GPU model: importing torch, loading, capturing), decoded units wait
+    in the store up to this budget instead of the decode slots standing idle. Bounded
+    either way, so memory does not grow with the corpus. Input sizes unknown: at most the
+    ahead limit in the air, writing or not."""
     kept_for_writes = 1.0 if write_cpus > 0 else 0.0
     decoding = max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
-    ahead = total = 2 * (decoding + n_actors)
-    if unit_bytes and store_bytes > 0:
-        total = int(0.5 * store_bytes / (3 * unit_bytes))
-        ahead = min(ahead, total)
+    ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1
-    return InflightLimits(max(floor, ahead), max(floor, total, ahead))
+    if not unit_bytes or store_bytes <= 0:
+        return InflightLimits(max(floor, ahead), float(max(floor, ahead)))
+    budget = 0.5 * store_bytes / unit_bytes  # in units of one unit's input bytes
+    ahead = max(floor, min(ahead, int(budget / 3)))
+    return InflightLimits(ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0)
 
 
 def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
-    if settings.max_inflight:
-        return InflightLimits(settings.max_inflight, settings.max_inflight)
+    if settings.max_inflight:  # that many in the air, writing or not
+        return InflightLimits(settings.max_inflight, float(settings.max_inflight))
     resources = ray.cluster_resources()
     return inflight_limits(
         float(resources.get("CPU", 1.0)),
@@ -298,13 +312,9 @@ def run_units(
     next_actor = 0
     flowing = False  # a caption call has returned: the actors are up, the ahead limit applies
 
-    def room() -> bool:
-        ahead = limits.ahead if flowing else limits.total
-        return len(captioning) < ahead and len(inflight) < limits.total
-
     try:
         while pending or inflight:
-            while pending and room():
+            while pending and limits.admits(len(captioning), len(inflight) - len(captioning), flowing):
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2

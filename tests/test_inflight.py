@@ -6,31 +6,49 @@ import json
 from pathlib import Path
 
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import InflightLimits, inflight_limits
+from tagcap.pipeline.executor import inflight_limits
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.config import CaptionConfig
 
 GB = 1 << 30
 
 
-def test_twice_the_decode_slots_and_actors_where_memory_allows():
-    # 16 CPUs, a GPU actor and write tasks reserving none: 16 decode slots; half the store
-    # holds 40 units of 170 MB (at three times their size), all of them while actors start.
-    assert inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20) == InflightLimits(2 * (16 + 1), 40)
+def test_twice_the_decode_slots_and_actors_ahead_where_memory_allows():
+    # 16 CPUs, a GPU actor and write tasks reserving none: 16 decode slots, 34 units ahead.
+    limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
+    assert limits.ahead == 2 * (16 + 1)
     # An actor holding a CPU, write tasks holding CPUs (one kept for them): 14 slots.
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, 170 << 20, write_cpus=0.25) == InflightLimits(30, 40)
-    # Sizes unknown: CPUs decide, and no more while actors start (memory cannot be bounded).
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25) == InflightLimits(30, 30)
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 0.5, None, write_cpus=0.25) == InflightLimits(58, 58)
-    assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20) == InflightLimits(4, 170)  # a laptop: one slot
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, 170 << 20, write_cpus=0.25).ahead == 30
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 0.5, None, write_cpus=0.25).ahead == 58  # half a CPU each
+    assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).ahead == 4  # a laptop: one decode slot
+
+
+def test_memory_counts_a_unit_ahead_three_times_and_a_writing_one_once():
+    # Half of 40 GB is 120.5 units of 170 MB: 40 ahead at three times their size.
+    limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
+    # While the actors start, as many ahead as memory takes, more than the 34 of later.
+    assert limits.admits(39, 0, flowing=False) and not limits.admits(40, 0, flowing=False)
+    # Once captions flow: 34 ahead, whatever is being written...
+    assert limits.admits(33, 0, flowing=True) and not limits.admits(34, 0, flowing=True)
+    # ...as long as memory allows: 34 ahead and 18 writing fill it, or 1 ahead and 117 writing.
+    assert limits.admits(33, 18, flowing=True) and not limits.admits(33, 19, flowing=True)
+    assert limits.admits(0, 117, flowing=True) and not limits.admits(0, 118, flowing=True)
+
+
+def test_sizes_unknown_or_max_inflight_count_every_unit_alike():
+    limits = inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25)
+    assert limits.ahead == 30
+    assert limits.admits(29, 0, flowing=False) and not limits.admits(30, 0, flowing=False)
+    assert limits.admits(14, 15, flowing=True) and not limits.admits(15, 15, flowing=True)
 
 
 def test_capped_by_half_the_object_store():
-    # 256 MB units hold about 768 MB each in flight: 4 GB of store takes 2 of them.
-    assert inflight_limits(16, 4 * GB, 1, 1.0, 1.0, 256 << 20) == InflightLimits(2, 2)
-    assert inflight_limits(64, 8 * GB, 1, 1.0, 1.0, 256 << 20) == InflightLimits(5, 5)
+    # 256 MB units hold about 768 MB each ahead: 4 GB of store takes 2 of them.
+    assert inflight_limits(16, 4 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 2
+    assert inflight_limits(64, 8 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 5
     # Never fewer than one unit per actor plus one, however small the store.
-    assert inflight_limits(16, 1 * GB, 4, 1.0, 1.0, 1 * GB) == InflightLimits(5, 5)
+    tiny = inflight_limits(16, 1 * GB, 4, 1.0, 1.0, 1 * GB)
+    assert tiny.ahead == 5 and tiny.admits(4, 0, flowing=True) and not tiny.admits(5, 0, flowing=True)
 
 
 def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
