@@ -10,8 +10,15 @@
   (decode, check, crop, 16-bit PCM), (b) also resampling to 32 kHz on the CPU.
 * ``baseline``: one process, a torch DataLoader with a worker per core decoding and
   resampling, the same model on the GPU: what a user writes first.
+* ``host_input``: a unit's PCM from shared memory to the GPU (pageable, or through a
+  pinned buffer filled by 1-8 threads), and the captioner fed from host PCM with 1 and 2
+  calls at once, as its actor runs it.
 * ``e2e``: ``tagcap caption --captioner blat:...`` on the embedded Ray with every core and
-  the GPU; peak private memory of the driver and of each kind of worker.
+  the GPU; peak private memory of the driver and of each kind of worker. Its rate leaves
+  out the time Ray takes to write the timeline the benchmark asks for.
+* ``e2e_levers``: the default run against runs with one lever changed (``--levers``, of
+  ``LEVERS``), interleaved round by round after one warm-up run. ``full`` is the default
+  of the code that ran (see the run's commit in RESULTS.md).
 """
 
 from __future__ import annotations
@@ -160,6 +167,8 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
     out: dict[str, Any] = {"host_copy_mb": round(pcm.nbytes / 2**20, 1)}
     reference = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
 
+    staging_default = model_input.STAGING
+
     def copy_ms(staging: bool, threads: int) -> float:
         model_input.STAGING, model_input.COPY_THREADS = staging, threads
         model_input._copy_pool.cache_clear()
@@ -206,7 +215,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             key = f"actor_host_{'pinned' if staging else 'pageable'}_{threads}calls_clips_per_s"
             out[key] = rate(staging, threads)
             print("actor from host PCM", key, out[key], flush=True)
-    model_input.STAGING, model_input.COPY_THREADS = True, 4
+    model_input.STAGING, model_input.COPY_THREADS = staging_default, 4
     model_input._copy_pool.cache_clear()
     captioner = None
     gc.collect()
@@ -466,6 +475,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
     "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
     "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),
+    "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
     # The resources before 2026-12-01's later change: the GPU actor and each write task
     # reserving CPUs (14-15 decode slots on 16 cores instead of 16).
     "old_resources": (("--cpus-per-actor", "1", "--write-cpus", "0.25"), {}),
