@@ -167,11 +167,14 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
     out: dict[str, Any] = {"host_copy_mb": round(pcm.nbytes / 2**20, 1)}
     reference = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)
 
-    staging_default = model_input.STAGING
+    staging_default, threads_default = model_input.STAGING, model_input.COPY_THREADS
+
+    def use(staging: bool, threads: int) -> None:
+        model_input.STAGING, model_input.COPY_THREADS = staging, threads
+        model_input._copy_pool.cache_clear()  # a pool of the new size
 
     def copy_ms(staging: bool, threads: int) -> float:
-        model_input.STAGING, model_input.COPY_THREADS = staging, threads
-        model_input._copy_pool.cache_clear()
+        use(staging, threads)
         got = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)  # warm: pinned buffer, pool
         if not torch.equal(got, reference):
             raise AssertionError("the staged copy changed the model input")
@@ -197,8 +200,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
     unit = ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
 
     def rate(staging: bool, threads: int) -> float:
-        model_input.STAGING, model_input.COPY_THREADS = staging, 4
-        model_input._copy_pool.cache_clear()
+        use(staging, threads_default)
         captioner(unit)  # warm
         results = []
         for _ in range(repeats):
@@ -215,8 +217,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             key = f"actor_host_{'pinned' if staging else 'pageable'}_{threads}calls_clips_per_s"
             out[key] = rate(staging, threads)
             print("actor from host PCM", key, out[key], flush=True)
-    model_input.STAGING, model_input.COPY_THREADS = staging_default, 4
-    model_input._copy_pool.cache_clear()
+    use(staging_default, threads_default)
     captioner = None
     gc.collect()
     torch.cuda.empty_cache()

@@ -59,8 +59,8 @@ def _steady_state(events: list[dict[str, Any]], start: float) -> dict[str, Any]:
     hi = max(e["ts"] for e in prepares)
     if hi <= lo:
         return {}
-    units = sum(max(0.0, min(e["ts"] + e["dur"], hi) - max(e["ts"], lo)) / e["dur"] for e in prepares if e["dur"] > 0)
-    busy = sum(max(0.0, min(e["ts"] + e["dur"], hi) - max(e["ts"], lo)) for e in prepares) / (hi - lo)
+    units = sum(_overlap(e, lo, hi) / e["dur"] for e in prepares if e["dur"] > 0)
+    busy = sum(_overlap(e, lo, hi) for e in prepares) / (hi - lo)
     return {
         "steady_window_s": [round((lo - start) / 1e6, 2), round((hi - start) / 1e6, 2)],
         "steady_units_per_s": round(units / ((hi - lo) / 1e6), 3),
@@ -75,6 +75,10 @@ def _busy_by_window(events: list[dict[str, Any]], start: float, end: float, wind
     for e in events:
         a, b = e["ts"], e["ts"] + e["dur"]
         for w in range(int((a - start) // width), min(windows, int((b - start) // width) + 1)):
-            lo, hi = start + w * width, start + (w + 1) * width
-            busy[w] += max(0.0, min(b, hi) - max(a, lo))
+            busy[w] += _overlap(e, start + w * width, start + (w + 1) * width)
     return [round(x / width, 2) for x in busy]
+
+
+def _overlap(event: dict[str, Any], lo: float, hi: float) -> float:
+    """How long ``event`` ran inside [lo, hi] (microseconds)."""
+    return max(0.0, min(event["ts"] + event["dur"], hi) - max(event["ts"], lo))

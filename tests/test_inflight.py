@@ -8,7 +8,7 @@ from pathlib import Path
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.executor import inflight_limits
 from tagcap.pipeline.sample import write_sample
-from tagcap.schemas.config import CaptionConfig
+from tests.helpers import sample_config
 
 GB = 1 << 30
 
@@ -57,15 +57,7 @@ def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
     shard's stats say when its unit was: ``finished_at - seconds``)."""
     sample = write_sample(str(tmp_path / "in"), shards=10, clips_per_shard=1, seconds=1.0)
     out = tmp_path / "out"
-    config = CaptionConfig(
-        input=[sample.shards],
-        segments=[sample.segments],
-        labels=sample.labels,
-        output=str(out),
-        progress=False,
-        captioner="tests.plugins:SlowStartTemplate",
-        captioner_options={"start_s": 2.0},
-    )
+    config = sample_config(sample, out, captioner="tests.plugins:SlowStartTemplate", captioner_options={"start_s": 2.0})
     assert run_caption(config) == 0
     stats = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.stats.json"))]
     assert len(stats) == 10

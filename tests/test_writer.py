@@ -16,6 +16,15 @@ from tagcap.workers.writer import _tarinfo, _TarStream, _writeback_bytes
 SIZES = [0, 1, 511, 512, 513, 10_000, 70_001]
 
 
+def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """The archive ``tarfile`` itself makes of these members (the reference)."""
+    theirs = io.BytesIO()
+    with tarfile.open(fileobj=theirs, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    return theirs.getvalue()
+
+
 @pytest.mark.parametrize("count", [0, 1, 3, len(SIZES)])
 def test_tar_stream_is_byte_identical_to_tarfile(count):
     rng = np.random.default_rng(count)
@@ -25,11 +34,7 @@ def test_tar_stream_is_byte_identical_to_tarfile(count):
     for name, data in members:
         stream.add(name, memoryview(data))
     stream.close()
-    theirs = io.BytesIO()
-    with tarfile.open(fileobj=theirs, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-    assert ours.getvalue() == theirs.getvalue()
+    assert ours.getvalue() == _tarfile_bytes(members)
     with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == members
 
@@ -54,11 +59,7 @@ def test_tar_stream_hands_what_it_wrote_to_the_disk_in_order_and_stays_identical
         for name, data in members:
             stream.add(name, data)
         stream.close()
-    theirs = io.BytesIO()
-    with tarfile.open(fileobj=theirs, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-    assert path.read_bytes() == theirs.getvalue()
+    assert path.read_bytes() == _tarfile_bytes(members)
     # Contiguous ranges from 0, each at least the writeback size, never past the members.
     assert len(handed) >= 3 and handed[0][0] == 0
     for (a, n), (b, _) in itertools.pairwise(handed):
