@@ -7,10 +7,8 @@ falls out becomes exactly one :class:`ErrorRecord`, in input order.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ from tagcap.schemas.audioset import LabelMap, Segment, SegmentTable
 from tagcap.schemas.keys import ClipId, clip_id_from_json, make_key, parse_clip_name
 from tagcap.schemas.records import ErrorReason, ErrorRecord
 from tagcap.schemas.work import DecodeSpec, ModelBatch, PackedBytes, SampleMeta, UnitPayload, WorkUnit
+from tagcap.workers.process_settings import lower_priority, retain_freed_memory
 from tagcap.workers.audio import (
     AudioError,
     DecodedClip,
@@ -170,20 +169,6 @@ def _map_threads(fn: Callable[[T], R], items: list[T], threads: int) -> list[R]:
         return list(pool.map(fn, items))
 
 
-def lower_priority(niceness: int) -> None:
-    """Raise this thread's nice value to at least ``niceness`` (never lower it: that takes
-    privileges). On Linux the value is per thread and inherited by threads it starts, so
-    the clips a task decodes on several threads all run at it. Measured on 16 cores: a
-    captioner actor starting beside 15 decode tasks took 7-9 s where it takes 5 s alone
-    (importing torch, loading, capturing), and every decoded unit waited for it; beside
-    decode tasks at nice 10 it took 6.6-6.7 s (benchmarks/RESULTS.md)."""
-    if niceness <= 0 or not hasattr(os, "getpriority"):
-        return
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) < niceness:
-            os.setpriority(os.PRIO_PROCESS, 0, min(niceness, 19))
-
-
 def prepare_unit(
     unit: WorkUnit,
     spec: DecodeSpec,
@@ -192,6 +177,7 @@ def prepare_unit(
     storage: Storage,
 ) -> tuple[ModelBatch, UnitPayload]:
     lower_priority(spec.niceness)
+    retain_freed_memory()
     errors: list[ErrorRecord] = []
     pending: list[_Pending] = []
     samples_in = 0
