@@ -21,7 +21,6 @@ from tagcap.schemas.audioset import LabelMap, Segment, SegmentTable
 from tagcap.schemas.keys import ClipId, clip_id_from_json, make_key, parse_clip_name
 from tagcap.schemas.records import ErrorReason, ErrorRecord
 from tagcap.schemas.work import DecodeSpec, ModelBatch, PackedBytes, SampleMeta, UnitPayload, WorkUnit
-from tagcap.workers.process_settings import lower_priority, retain_freed_memory
 from tagcap.workers.audio import (
     AudioError,
     DecodedClip,
@@ -31,6 +30,7 @@ from tagcap.workers.audio import (
     resample,
     to_pcm16,
 )
+from tagcap.workers.process_settings import lower_priority, retain_freed_memory
 from tagcap.workers.readers import RawSample, read_unit
 from tagcap.workers.storage import Storage
 
