@@ -6,8 +6,9 @@
   most 20 words) in a tight loop on batches already decoded, (a) model input already on
   the GPU at 32 kHz, (b) 16-bit 48 kHz PCM from host memory, resampled on the GPU (what
   the captioner actor does), and the levers: float32 vs bf16, batch size.
-* ``decode``: every core decoding 10 s 48 kHz FLAC, (a) as tagcap's decode tasks do
-  (decode, check, crop, 16-bit PCM), (b) also resampling to 32 kHz on the CPU.
+* ``decode``: every core decoding 10 s 48 kHz FLAC from the corpus's tars, (a) as
+  tagcap's decode tasks do (decode, check, crop, 16-bit PCM), (b) also resampling to
+  32 kHz on the CPU.
 * ``baseline``: one process, a torch DataLoader with a worker per core decoding and
   resampling, the same model on the GPU: what a user writes first.
 * ``host_input``: a unit's PCM from shared memory to the GPU (pageable, or through a
@@ -19,6 +20,7 @@
 * ``e2e_levers``: the default run against runs with one lever changed (``--levers``, of
   ``LEVERS``), interleaved round by round after one warm-up run. ``full`` is the default
   of the code that ran (see the run's commit in RESULTS.md).
+* ``e2e_long``: one ``e2e`` run over the corpus ``--long-times`` over (hard-linked tars).
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ from common import (
     iter_clips,
     machine,
     make_corpus,
+    repeat_corpus,
     write_results,
 )
 from tagcap.schemas.work import DecodeSpec, ModelBatch
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
+from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.storage import Storage
@@ -249,22 +253,40 @@ def _decode_resample(blob: bytes) -> int:
     return fit_length(resample(clip.samples, clip.sample_rate, MODEL_RATE), SPEC.clip_samples).shape[0]
 
 
+def _decode_tar(job: tuple[str, str]) -> int:
+    """Every clip of one tar (read from the page cache by the worker itself) through one of
+    the per-clip functions above: the blobs never cross a pipe, whose one feeding process
+    capped the figure at about 1 GB/s of FLAC (the ceiling of runs before 2026-12-01's
+    fourth session)."""
+    path, fn = job
+    decode_one = _DECODERS[fn]
+    return sum(decode_one(blob) > 0 for _, blob in iter_clips([path]))
+
+
+_DECODERS = {
+    "pcm16": _decode_pcm,
+    "pcm16_soundfile": _decode_pcm_soundfile,
+    "float_pcm16": _decode_float_pcm,
+    "cpu_resample": _decode_resample,
+}
+
+
 def decode(tars: list[str], clips: int, repeats: int, workers: int) -> dict[str, Any]:
-    blobs = [b for _, (_, b) in zip(range(clips), iter_clips(tars), strict=False)]
-    out: dict[str, Any] = {"decode_clips": len(blobs), "decode_workers": workers}
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_decode_resample, blobs[: workers * 2]))  # warm every worker
-        for name, fn in (
-            ("pcm16", _decode_pcm),
-            ("pcm16_soundfile", _decode_pcm_soundfile),
-            ("float_pcm16", _decode_float_pcm),
-            ("cpu_resample", _decode_resample),
-        ):
+    """Decode-only ceiling: ``workers`` processes (one per core), each decoding whole tars,
+    with the settings a decode task makes (freed memory kept), for at least ``clips`` clips
+    and at least four tars per worker (so that the last tars do not leave cores idle long)."""
+    per_tar = sum(1 for _ in iter_clips(tars[:1]))
+    chosen = tars[: max(4 * workers, -(-clips // per_tar))]
+    n = per_tar * len(chosen)
+    out: dict[str, Any] = {"decode_clips": n, "decode_workers": workers}
+    with ProcessPoolExecutor(workers, initializer=retain_freed_memory) as pool:
+        list(pool.map(_decode_tar, [(path, "cpu_resample") for path in chosen[:workers]]))  # warm every worker
+        for name in _DECODERS:
             rates = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                list(pool.map(fn, blobs, chunksize=8))
-                rates.append(len(blobs) / (time.perf_counter() - start))
+                done = sum(pool.map(_decode_tar, [(path, name) for path in chosen]))
+                rates.append(done / (time.perf_counter() - start))
             out[f"decode_{name}_clips_per_s"] = round(statistics.median(rates), 1)
             print("decode", name, out[f"decode_{name}_clips_per_s"], flush=True)
     out["decode_ceiling_clips_per_s"] = out["decode_pcm16_clips_per_s"]
@@ -477,6 +499,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
     "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),
     "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
+    # Decode tasks handing freed memory back to the kernel after every unit (before
+    # 2026-12-01's fourth session).
+    "no_retain": ((), {"TAGCAP_RETAIN_FREED_MEMORY": "0"}),
     # The resources before 2026-12-01's later change: the GPU actor and each write task
     # reserving CPUs (14-15 decode slots on 16 cores instead of 16).
     "old_resources": (("--cpus-per-actor", "1", "--write-cpus", "0.25"), {}),
@@ -512,6 +537,7 @@ def main() -> None:
                 "e2e_decode_threads",
                 "e2e_nice0",
                 "e2e_levers",
+                "e2e_long",
             ),
         ],
     )
@@ -524,6 +550,7 @@ def main() -> None:
     ap.add_argument("--name", default="caption")
     ap.add_argument("--inflight", type=int, help="units in flight for e2e_inflight (default 2 x (CPUs + 1))")
     ap.add_argument("--levers", default="full,no_writeback,pageable_h2d", help=f"for e2e_levers: of {sorted(LEVERS)}")
+    ap.add_argument("--long-times", type=int, default=3, help="for e2e_long: the corpus this many times over")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
     what = set(args.what)
@@ -579,6 +606,12 @@ def main() -> None:
             figures[f"e2e_{tag}_timeline"] = results[0][f"e2e_{tag}_timeline"]
             figures[f"e2e_{tag}_phases_s"] = [p for r in results for p in r[f"e2e_{tag}_phases_s"]]
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
+    if "e2e_long" in what:
+        # The same run over the corpus several times over: a start of 7-9 s (Ray, the
+        # captioner) spread over more clips, closer to what a corpus-sized job sees.
+        long = repeat_corpus(corpus, os.path.join(args.work, f"corpus-x{args.long_times}"), args.long_times)
+        figures.update(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, "long"))
+        figures["caption_e2e_long_clips_per_s"] = figures["e2e_long_clips_per_s"]
     if "e2e_nice0" in what:
         # Lever: decode tasks at the actor's priority (the default runs them at nice 10).
         figures.update(

@@ -137,6 +137,22 @@ def make_corpus(root: str, shards: int, clips_per_shard: int, unique_clips: int 
     return Corpus(pattern, segments, labels, shards * clips_per_shard, shards, sum(map(os.path.getsize, tars)), tars)
 
 
+def repeat_corpus(corpus: Corpus, root: str, times: int) -> Corpus:
+    """``corpus`` ``times`` over as new tar names (hard links, so no more disk): a longer
+    run over the same audio, its segment CSV and labels. Each tar's clips keep their keys,
+    so a key repeats across shards (tagcap checks keys for repeats within a shard)."""
+    folder = os.path.join(root, "shards")
+    os.makedirs(folder, exist_ok=True)
+    tars = []
+    for i in range(corpus.shards * times):
+        path = os.path.join(folder, f"{i:06d}.tar")
+        if not os.path.exists(path):
+            os.link(corpus.tars[i % corpus.shards], path)
+        tars.append(path)
+    pattern = os.path.join(folder, f"{{000000..{len(tars) - 1:06d}}}.tar")
+    return Corpus(pattern, corpus.segments, corpus.labels, corpus.clips * times, len(tars), corpus.bytes * times, tars)
+
+
 def iter_clips(tars: list[str]) -> Iterator[tuple[str, bytes]]:
     for path in tars:
         with tarfile.open(path) as tar:
