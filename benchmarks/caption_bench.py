@@ -59,9 +59,9 @@ from common import (
 from tagcap.schemas.work import DecodeSpec, ModelBatch
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
-from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
+from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.storage import Storage
 from timeline import summarize_timeline
 
