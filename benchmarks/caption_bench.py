@@ -158,9 +158,9 @@ def _shared_pcm(batch: int) -> np.ndarray:
 
 def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str, Any]:
     """(a) The copy alone: a unit's PCM (batch x 10 s x 48 kHz, int16) from shared memory to
-    the GPU, pageable vs through the pinned buffer filled by 1, 2, 4 or 8 threads; (b) the
-    BLAT captioner as its actor runs it (host PCM in, captions out) with 1 and 2 calls at
-    once, pageable vs pinned copy."""
+    the GPU, pageable vs through the pinned buffer filled by 1, 2, 4 or 8 threads vs its own
+    pages pinned in place; (b) the BLAT captioner as its actor runs it (host PCM in,
+    captions out) with 1 and 2 calls at once, for each way of copying."""
     from tagcap.workers import model_input
     from tagcap.workers.captioners import build
 
@@ -173,11 +173,11 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
 
     staging_default, threads_default = model_input.STAGING, model_input.COPY_THREADS
 
-    def use(staging: bool, threads: int) -> None:
+    def use(staging: str, threads: int) -> None:
         model_input.STAGING, model_input.COPY_THREADS = staging, threads
         model_input._copy_pool.cache_clear()  # a pool of the new size
 
-    def copy_ms(staging: bool, threads: int) -> float:
+    def copy_ms(staging: str, threads: int) -> float:
         use(staging, threads)
         got = model_waveforms(pcm, RATE, MODEL_RATE, MODEL_RATE * 10, device)  # warm: pinned buffer, pool
         if not torch.equal(got, reference):
@@ -191,9 +191,10 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             times.append(1000 * (time.perf_counter() - start))
         return round(statistics.median(times), 2)
 
-    out["host_copy_pageable_ms"] = copy_ms(False, 1)
+    out["host_copy_pageable_ms"] = copy_ms("0", 1)
     for threads in (1, 2, 4, 8):
-        out[f"host_copy_pinned_{threads}threads_ms"] = copy_ms(True, threads)
+        out[f"host_copy_pinned_{threads}threads_ms"] = copy_ms("1", threads)
+    out["host_copy_registered_ms"] = copy_ms("register", 1)
     print("host copy", {k: v for k, v in out.items() if k.startswith("host_copy")}, flush=True)
 
     captioner = build(f"blat:{ckpt_dir}", {})
@@ -203,7 +204,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
     rows = [[str(m) for m in rng.choice(known, rng.integers(1, 5), replace=False)] for _ in range(batch)]
     unit = ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
 
-    def rate(staging: bool, threads: int) -> float:
+    def rate(staging: str, threads: int) -> float:
         use(staging, threads_default)
         captioner(unit)  # warm
         results = []
@@ -216,9 +217,9 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             results.append(batch * calls * threads / (time.perf_counter() - start))
         return round(statistics.median(results), 1)
 
-    for staging in (False, True):
+    for staging, name in (("0", "pageable"), ("1", "pinned"), ("register", "registered")):
         for threads in (1, 2):
-            key = f"actor_host_{'pinned' if staging else 'pageable'}_{threads}calls_clips_per_s"
+            key = f"actor_host_{name}_{threads}calls_clips_per_s"
             out[key] = rate(staging, threads)
             print("actor from host PCM", key, out[key], flush=True)
     use(staging_default, threads_default)
@@ -499,6 +500,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
     "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),
     "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
+    "registered_h2d": ((), {"TAGCAP_H2D_STAGING": "register"}),
     # Decode tasks handing freed memory back to the kernel after every unit (before
     # 2026-12-01's fourth session).
     "no_retain": ((), {"TAGCAP_RETAIN_FREED_MEMORY": "0"}),

@@ -3,18 +3,24 @@ PCM at the unit's rate becomes float32 at the model's rate, cropped or padded to
 length. Resampling runs on the GPU there (microseconds per clip; a CPU resampler costs
 each decode core milliseconds per clip).
 
-The host-to-GPU copy can go through a pinned buffer per calling thread, filled by a few
-threads at once (``TAGCAP_H2D_STAGING=1``): a unit's PCM (234 MB for 256 clips of 10 s at
-48 kHz) arrives in pageable memory (Ray's object store), which CUDA copies through its own
-small staging buffers. Measured on an H200 host (benchmarks/RESULTS.md): the copy takes
-22 ms instead of 37 and the BLAT captioner alone goes from 2,322 to 2,953 clips/s, but in
-a caption run, where decode tasks hold every core, runs were as fast or faster without it
-in 7 of 8 interleaved rounds, so it is off by default.
+How the PCM reaches the GPU (``TAGCAP_H2D_STAGING``, read in the actor's process):
+
+* ``0`` (default): from pageable memory (Ray's object store), which CUDA copies through
+  its own small pinned buffers on the calling thread: 37 ms for a unit's 234 MB (256
+  clips of 10 s at 48 kHz) on an H200 host.
+* ``1``: through a pinned buffer per calling thread, filled by a few threads at once:
+  22 ms, and the BLAT captioner alone went from 2,322 to 2,953 clips/s; but in a caption
+  run, where decode tasks hold every core, it was as fast or slower in 7 of 8 rounds.
+* ``register``: the array's own pages pinned in place (``cudaHostRegister``) for the
+  copy, so the GPU reads them directly, with no CPU copy at all.
+
+Figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 import warnings
@@ -25,9 +31,8 @@ import numpy as np
 import torch
 import torchaudio.transforms as taf_module
 
-# TAGCAP_H2D_STAGING=1: through the pinned buffer (read when the module loads, in the
-# actor's process); else pageable memory goes straight to the GPU.
-STAGING = os.environ.get("TAGCAP_H2D_STAGING", "0") == "1"
+# "0", "1" or "register": see the module's docstring.
+STAGING = os.environ.get("TAGCAP_H2D_STAGING", "0")
 # Threads that fill a pinned buffer: one core's memcpy does not reach the bus's speed.
 # NumPy releases the GIL while it copies, so they run in parallel.
 COPY_THREADS = 4
@@ -68,7 +73,9 @@ def model_waveforms(
     thread = threading.get_ident()
     side = _copy_stream(device, thread)
     with torch.cuda.stream(side):
-        if STAGING and not x.is_pinned():
+        if STAGING == "register" and not x.is_pinned():
+            on_device = _copy_registered(x, device, side)
+        elif STAGING == "1" and not x.is_pinned():
             on_device = _staging_buffer(device, thread).copy_to(x, device, side)
         else:
             on_device = x.to(device, non_blocking=False)
@@ -105,6 +112,30 @@ class _PinnedStaging:
         self.copied = torch.cuda.Event()
         self.copied.record(stream)
         return on_device
+
+
+_PAGE = mmap.PAGESIZE
+# One registration at a time: two batches may share a page of the object store, and CUDA
+# refuses to pin a page twice.
+_REGISTER_LOCK = threading.Lock()
+
+
+def _copy_registered(x: torch.Tensor, device: torch.device, stream: torch.cuda.Stream) -> torch.Tensor:
+    """``x`` on ``device``, its pages pinned for the copy and unpinned once the GPU has read
+    them; where CUDA does not pin them, the pageable copy."""
+    x = x.contiguous()
+    start = x.data_ptr() // _PAGE * _PAGE
+    end = -(-(x.data_ptr() + x.numel() * x.element_size()) // _PAGE) * _PAGE
+    cudart = torch.cuda.cudart()
+    with _REGISTER_LOCK:
+        if int(cudart.cudaHostRegister(start, end - start, 0)) != 0:
+            return x.to(device, non_blocking=False)
+        try:
+            on_device = x.to(device, non_blocking=True)
+            stream.synchronize()  # the copy reads these pages until it is done
+        finally:
+            cudart.cudaHostUnregister(start)
+    return on_device
 
 
 @lru_cache(maxsize=64)
