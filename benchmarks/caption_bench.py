@@ -498,7 +498,7 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
 LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
     "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
-    "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),
+    "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),  # the default before 2026-12-01's fourth session
     "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
     "registered_h2d": ((), {"TAGCAP_H2D_STAGING": "register"}),
     # Decode tasks handing freed memory back to the kernel after every unit (before
