@@ -501,6 +501,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),  # the default before 2026-12-01's fourth session
     "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
     "registered_h2d": ((), {"TAGCAP_H2D_STAGING": "register"}),
+    # Units in the air within half the object store (before 2026-12-01's fourth session).
+    "half_store": ((), {"TAGCAP_STORE_FRACTION": "0.5"}),
     # Decode tasks handing freed memory back to the kernel after every unit (before
     # 2026-12-01's fourth session).
     "no_retain": ((), {"TAGCAP_RETAIN_FREED_MEMORY": "0"}),

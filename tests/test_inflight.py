@@ -1,6 +1,6 @@
 """How many work units are in flight: by default enough ahead of the captioners to keep
-every decode slot fed (more while they start), never more than half the object store
-holds, units being written included."""
+every decode slot fed (more while they start), never more than 80% of the object store
+holds (``STORE_FRACTION``), units being written included."""
 
 import json
 from pathlib import Path
@@ -24,15 +24,18 @@ def test_twice_the_decode_slots_and_actors_ahead_where_memory_allows():
 
 
 def test_memory_counts_a_unit_ahead_three_times_and_a_writing_one_once():
-    # Half of 40 GB is 120.5 units of 170 MB: 40 ahead at three times their size.
+    # 80% of 40 GB is 192.75 units of 170 MB: 64 ahead at three times their size.
     limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
     # While the actors start, as many ahead as memory takes, more than the 34 of later.
-    assert limits.admits(39, 0, flowing=False) and not limits.admits(40, 0, flowing=False)
+    assert limits.admits(63, 0, flowing=False) and not limits.admits(64, 0, flowing=False)
     # Once captions flow: 34 ahead, whatever is being written...
     assert limits.admits(33, 0, flowing=True) and not limits.admits(34, 0, flowing=True)
-    # ...as long as memory allows: 34 ahead and 18 writing fill it, or 1 ahead and 117 writing.
-    assert limits.admits(33, 18, flowing=True) and not limits.admits(33, 19, flowing=True)
-    assert limits.admits(0, 117, flowing=True) and not limits.admits(0, 118, flowing=True)
+    # ...as long as memory allows: 34 ahead and 90 writing fill it, or 1 ahead and 189 writing.
+    assert limits.admits(33, 90, flowing=True) and not limits.admits(33, 91, flowing=True)
+    assert limits.admits(0, 189, flowing=True) and not limits.admits(0, 190, flowing=True)
+    # Half the store, as before 2026-12-01's fourth session: 40 ahead while starting.
+    half = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20, store_fraction=0.5)
+    assert half.admits(39, 0, flowing=False) and not half.admits(40, 0, flowing=False)
 
 
 def test_sizes_unknown_or_max_inflight_count_every_unit_alike():
@@ -42,10 +45,10 @@ def test_sizes_unknown_or_max_inflight_count_every_unit_alike():
     assert limits.admits(14, 15, flowing=True) and not limits.admits(15, 15, flowing=True)
 
 
-def test_capped_by_half_the_object_store():
-    # 256 MB units hold about 768 MB each ahead: 4 GB of store takes 2 of them.
-    assert inflight_limits(16, 4 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 2
-    assert inflight_limits(64, 8 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 5
+def test_capped_by_the_object_store():
+    # 256 MB units hold about 768 MB each ahead: 80% of 4 GB takes 4 of them.
+    assert inflight_limits(16, 4 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 4
+    assert inflight_limits(64, 8 * GB, 1, 1.0, 1.0, 256 << 20).ahead == 8
     # Never fewer than one unit per actor plus one, however small the store.
     tiny = inflight_limits(16, 1 * GB, 4, 1.0, 1.0, 1 * GB)
     assert tiny.ahead == 5 and tiny.admits(4, 0, flowing=True) and not tiny.admits(5, 0, flowing=True)
