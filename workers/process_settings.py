@@ -41,8 +41,10 @@ def retain_freed_memory() -> bool:
 
     glibc maps every block above 32 MB on its own and unmaps it on free, so each unit's
     arrays (its audio, its PCM: hundreds of MB) were new pages, and the kernel zeroed and
-    faulted in every one of them again: a fifth of a decode task's CPU time on a 10 s
-    48 kHz clip (benchmarks/RESULTS.md). The cost is that a worker keeps its largest
+    faulted in every one of them again: a fifth (on a 2-core machine) to over a quarter (on
+    the 16-core GPU host) of one decode task's CPU time per 10 s 48 kHz clip
+    (benchmarks/RESULTS.md; with 16 tasks at once on that host, what they wait on is
+    elsewhere and a run was as fast either way). The cost is that a worker keeps its largest
     unit's footprint resident between tasks. ``TAGCAP_RETAIN_FREED_MEMORY=0`` turns it off
     (read in the worker, which inherits the driver's environment on the embedded Ray)."""
     global _retained
