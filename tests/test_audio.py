@@ -127,6 +127,18 @@ def test_fast_flac_path_decodes_exactly_what_soundfile_decodes_and_fails_alike(m
         assert rate_a == rate_b and a.dtype == b.dtype and np.array_equal(a, b)
 
 
+def test_without_limits_the_fast_path_allocates_no_more_than_its_cap(monkeypatch):
+    """``read_mono`` has no DecodeSpec to bound a header's frame count: above the cap dr_flac
+    is not asked to allocate, and soundfile decodes the same samples."""
+    good16 = _flac_variants()[1]
+    expected, rate = read_mono(good16, True)
+    assert audio._read_flac16(good16, True, None) is not None
+    monkeypatch.setattr(audio, "_UNCHECKED_MAX_SAMPLES", expected.shape[0] - 1)
+    assert audio._read_flac16(good16, True, None) is None
+    capped, capped_rate = read_mono(good16, True)
+    assert capped_rate == rate and np.array_equal(capped, expected)
+
+
 def test_resample_and_fit_length():
     x = tone(1.0, 48000)
     y = resample(x, 48000, 16000)

@@ -5,8 +5,10 @@ holds (``STORE_FRACTION``), units being written included."""
 import json
 from pathlib import Path
 
+import pytest
+
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import inflight_limits
+from tagcap.pipeline.executor import ExecutionSettings, _inflight_limits, inflight_limits
 from tagcap.pipeline.sample import write_sample
 from tests.helpers import sample_config
 
@@ -68,3 +70,31 @@ def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
     assert max(submitted) - min(submitted) < 1.0, submitted
     # The actor's start is in every unit's time: none was handed out after it.
     assert min(s["seconds"] for s in stats) >= 2.0
+
+
+def test_store_fraction_from_the_environment(ray_local, monkeypatch):
+    """TAGCAP_STORE_FRACTION scales the memory budget of a run (the test cluster's 150 MB
+    store, 10 MB units: 80% by default is 12 units' input bytes, a tenth 1.5) and a bad value
+    says so."""
+    settings = ExecutionSettings(
+        captioner_spec="template",
+        captioner_config={},
+        batch_size=8,
+        actors=1,
+        gpus_per_actor=0.0,
+        cpus_per_actor=1.0,
+        decode_cpus=1.0,
+        max_inflight=None,
+        max_attempts=1,
+        unit_bytes=10 << 20,
+    )
+    monkeypatch.delenv("TAGCAP_STORE_FRACTION", raising=False)
+    default = _inflight_limits(settings, 1, 1.0)
+    monkeypatch.setenv("TAGCAP_STORE_FRACTION", "0.1")
+    tenth = _inflight_limits(settings, 1, 1.0)
+    assert default.budget == pytest.approx(0.8 * 150 / 10, rel=0.05)
+    # The budget never falls below the floor of units in the air (one per actor, plus one).
+    assert tenth.budget == max(0.1 * 150 / 10, 3.0 * tenth.ahead) and tenth.ahead == 2
+    monkeypatch.setenv("TAGCAP_STORE_FRACTION", "most")
+    with pytest.raises(ValueError, match="TAGCAP_STORE_FRACTION='most'"):
+        _inflight_limits(settings, 1, 1.0)
