@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 import yaml
 
+from tagcap.pipeline.executor import ExecutionSettings
 from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.keys import parse_key
 
@@ -121,6 +122,23 @@ def sample_config(sample, out, **options) -> CaptionConfig:
         progress=False,
         **options,
     )
+
+
+def execution_settings(captioner_spec: str, **options) -> ExecutionSettings:
+    """What the executor runs with for one CPU actor of ``captioner_spec``, batch 4, one
+    attempt per unit, the in-flight limits by default; ``options`` override any field."""
+    fields = {
+        "captioner_spec": captioner_spec,
+        "captioner_config": {},
+        "batch_size": 4,
+        "actors": 1,
+        "gpus_per_actor": 0.0,
+        "cpus_per_actor": 1.0,
+        "decode_cpus": 1.0,
+        "max_inflight": None,
+        "max_attempts": 1,
+    }
+    return ExecutionSettings(**{**fields, **options})
 
 
 def cli_env() -> dict[str, str]:

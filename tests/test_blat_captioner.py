@@ -9,7 +9,7 @@ from tagcap.schemas.audioset import LabelMap
 from tagcap.schemas.config import CaptionConfig
 from tagcap.workers.captioners import describe
 from tests.conftest import shared_data
-from tests.helpers import check_output, tar_digests
+from tests.helpers import check_output, execution_settings, tar_digests
 
 
 def _config(sample, out, ckpt, **kw):
@@ -75,24 +75,13 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
 
     import torch
 
-    from tagcap.pipeline.executor import CaptionActor, ExecutionSettings
+    from tagcap.pipeline.executor import CaptionActor
     from tagcap.workers.captioners.blat import BlatCaptioner
     from tagcap.workers.models.checkpoint import load_captioner, save_captioner
     from tagcap.workers.storage import Storage
 
     def settings(target, captioner_id):
-        return ExecutionSettings(
-            captioner_spec=f"blat:{target}",
-            captioner_config={},
-            batch_size=4,
-            actors=1,
-            gpus_per_actor=0.0,
-            cpus_per_actor=1.0,
-            decode_cpus=1.0,
-            max_inflight=None,
-            max_attempts=1,
-            captioner_id=captioner_id,
-        )
+        return execution_settings(f"blat:{target}", captioner_id=captioner_id)
 
     recorded = BlatCaptioner.describe(str(tiny_checkpoint), {}).captioner_id
     assert CaptionActor(settings(str(tiny_checkpoint), recorded)).info().captioner_id == recorded

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import ExecutionSettings, _inflight_limits, inflight_limits
+from tagcap.pipeline.executor import _inflight_limits, inflight_limits
 from tagcap.pipeline.sample import write_sample
-from tests.helpers import sample_config
+from tests.helpers import execution_settings, sample_config
 
 GB = 1 << 30
 
@@ -76,18 +76,7 @@ def test_store_fraction_from_the_environment(ray_local, monkeypatch):
     """TAGCAP_STORE_FRACTION scales the memory budget of a run (the test cluster's 150 MB
     store, 10 MB units: 80% by default is 12 units' input bytes, a tenth 1.5) and a bad value
     says so."""
-    settings = ExecutionSettings(
-        captioner_spec="template",
-        captioner_config={},
-        batch_size=8,
-        actors=1,
-        gpus_per_actor=0.0,
-        cpus_per_actor=1.0,
-        decode_cpus=1.0,
-        max_inflight=None,
-        max_attempts=1,
-        unit_bytes=10 << 20,
-    )
+    settings = execution_settings("template", unit_bytes=10 << 20)
     monkeypatch.delenv("TAGCAP_STORE_FRACTION", raising=False)
     default = _inflight_limits(settings, 1, 1.0)
     monkeypatch.setenv("TAGCAP_STORE_FRACTION", "0.1")
