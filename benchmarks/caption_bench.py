@@ -47,6 +47,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
+    DECODE_SPEC,
+    MODEL_RATE,
     RATE,
     TreeMemory,
     blat_checkpoint,
@@ -56,7 +58,7 @@ from common import (
     repeat_corpus,
     write_results,
 )
-from tagcap.schemas.work import DecodeSpec, ModelBatch
+from tagcap.schemas.work import ModelBatch
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
@@ -65,8 +67,7 @@ from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.storage import Storage
 from timeline import summarize_timeline
 
-MODEL_RATE = 32000
-SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 384000, 1 << 20)
+SPEC = DECODE_SPEC
 
 
 def _sync() -> None:

@@ -25,6 +25,7 @@ import psutil
 import torch
 
 from tagcap.schemas.keys import make_key
+from tagcap.schemas.work import DecodeSpec
 from tagcap.workers.audio import encode_flac
 from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import save_captioner
@@ -35,6 +36,10 @@ from tagcap.workers.storage import Storage
 RATE = 48000
 SECONDS = 10.0
 N_CLASSES = 527  # AudioSet's
+MODEL_RATE = 32000  # the BLAT captioner's
+# What a benchmark's decode tasks are told: the captioner's 10 s at its rate, audio kept as
+# it came, limits wide enough for any corpus here.
+DECODE_SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 384000, 1 << 20)
 
 
 def machine() -> dict[str, Any]:

@@ -21,13 +21,15 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, make_corpus, write_results
+from common import DECODE_SPEC, machine, make_corpus, write_results
 
 SETTINGS = {"retain": "1", "no_retain": "0"}
 
-# Runs in the child: the unit ``units`` times through the decode task's own function.
+# Runs in the child (without torch, as a decode worker): the unit ``units`` times through
+# the decode task's own function, with the benchmarks' DecodeSpec.
 _CHILD = """
 import json, statistics, sys, time
 from tagcap.pipeline.plan import plan_units
@@ -43,10 +45,7 @@ with open(labels_path) as fh:
     labels = LabelMap.parse(fh.read(), labels_path)
 with open(segments_path) as fh:
     segments = SegmentTable(parse_segments(fh.read(), segments_path, split="bench")[0])
-spec = DecodeSpec(
-    sample_rate=32000, clip_samples=320000, audio_mode="copy", min_clip_seconds=0.1, max_clip_seconds=60,
-    min_sample_rate=8000, max_sample_rate=192000, max_json_bytes=65536, threads=1, niceness=0,
-)
+spec = DecodeSpec(**json.loads(sys.argv[5]))
 times = []
 for _ in range(units):
     start = time.perf_counter()
@@ -78,7 +77,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, value in SETTINGS.items():
             env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": value}
-            cmd = [sys.executable, "-c", _CHILD, corpus.pattern, corpus.segments, corpus.labels, str(args.units)]
+            spec = json.dumps(asdict(DECODE_SPEC))
+            cmd = [sys.executable, "-c", _CHILD, corpus.pattern, corpus.segments, corpus.labels, str(args.units), spec]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             runs[name].append(round(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_clip"], 3))
             print(name, runs[name][-1], "ms/clip", flush=True)

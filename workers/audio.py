@@ -128,10 +128,9 @@ def _read_flac16(data: bytes, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.
         _lib.ma_dr_flac_close(flac)
     if read != frames:
         return None  # truncated or a corrupt frame skipped: soundfile says what is wrong
-    frames_out: np.ndarray = out
-    if not pcm16:  # libsndfile's float for 16-bit: exactly int / 32768, before the downmix
-        frames_out = out.astype(np.float32) / np.float32(32768.0)
-    return _downmix(frames_out, as_int16=pcm16), rate
+    # Else libsndfile's float for 16-bit: exactly int / 32768, before the downmix.
+    samples = out if pcm16 else out.astype(np.float32) / np.float32(32768.0)
+    return _downmix(samples, as_int16=pcm16), rate
 
 
 def _read_soundfile(data: bytes, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.ndarray, int]:

@@ -76,9 +76,10 @@ def model_waveforms(
     thread = threading.get_ident()
     side = _copy_stream(device, thread)
     with torch.cuda.stream(side):
-        if STAGING == "register" and not x.is_pinned():
+        how = "pinned" if x.is_pinned() else STAGING  # one driver query per batch
+        if how == "register":
             on_device = _copy_registered(x, device, side)
-        elif STAGING == "1" and not x.is_pinned():
+        elif how == "1":
             on_device = _staging_buffer(device, thread).copy_to(x, device, side)
         else:
             on_device = x.to(device, non_blocking=False)
