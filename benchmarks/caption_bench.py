@@ -20,7 +20,8 @@
 * ``e2e_levers``: the default run against runs with one lever changed (``--levers``, of
   ``LEVERS``), interleaved round by round after one warm-up run. ``full`` is the default
   of the code that ran (see the run's commit in RESULTS.md).
-* ``e2e_long``: one ``e2e`` run over the corpus ``--long-times`` over (hard-linked tars).
+* ``e2e_long``: one ``e2e`` run over the corpus ``--long-times`` over (hard-linked tars), and
+  one per lever of ``--long-levers``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from common import (
     DECODE_SPEC,
     MODEL_RATE,
     RATE,
-    TreeMemory,
+    TreeUsage,
     blat_checkpoint,
     iter_clips,
     machine,
@@ -379,6 +380,7 @@ def e2e(
     phases: list[dict[str, float]] = []
     timelines: list[dict[str, Any]] = []
     peaks: list[dict[str, int]] = []
+    cores: list[dict[str, float]] = []
     for r in range(repeats):
         out = os.path.join(work, f"out-{tag}-{r}")
         shutil.rmtree(out, ignore_errors=True)
@@ -410,7 +412,7 @@ def e2e(
         env = {**os.environ, **(extra_env or {}), "TAGCAP_RAY_TIMELINE": timeline}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        with TreeMemory(proc.pid) as mem:
+        with TreeUsage(proc.pid) as usage:
             _stdout, stderr = proc.communicate()
         wall = time.perf_counter() - start
         if proc.returncode != 0:
@@ -430,7 +432,11 @@ def e2e(
         rates.append(corpus.clips / (wall - dumps[-1]))
         timelines.append(summarize_timeline(timeline) if os.path.exists(timeline) else {})
         print(f"e2e {tag} run {r}: timeline {json.dumps(timelines[-1])}", flush=True)
-        peaks.append(mem.peak)
+        peaks.append(usage.peak)
+        # Cores each role kept busy over the run's wall-clock: where the CPU went.
+        cores.append({k: round(v / wall, 2) for k, v in sorted(usage.cpu_s.items())})
+        cores[-1]["machine"] = round(usage.machine_busy_cores, 2)
+        print(f"e2e {tag} run {r}: busy cores by role {json.dumps(cores[-1])}", flush=True)
         print(
             f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s ({dumps[-1]:.1f} s of it the timeline dump) "
             f"= {rates[-1]:.0f} clips/s; {phases[-1]}",
@@ -462,6 +468,7 @@ def e2e(
         if any(t.get("steady_units_per_s") for t in timelines)
         else None,
         f"e2e_{tag}_timeline": timelines[0],
+        f"e2e_{tag}_busy_cores_by_role": cores,
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
     }
@@ -513,6 +520,12 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # The in-flight policy before: one fixed limit (16 slots + 1 actor, doubled), units
     # being written counted against it, none more while the actor starts.
     "no_start_allowance": (("--max-inflight", "34"), {}),
+    # How the captioner actor's threads wait for the GPU: CUDA's default, which spins on a
+    # core while the GPU works (the default before 2026-12-01's fifth session).
+    "cuda_auto_sync": ((), {"TAGCAP_CUDA_SYNC": "auto"}),
+    # 20 decode slots on 16 cores instead of 16: whether the tasks wait on something
+    # other than a core.
+    "more_slots": (("--decode-cpus", "0.8"), {}),
 }
 
 
@@ -556,6 +569,7 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, help="units in flight for e2e_inflight (default 2 x (CPUs + 1))")
     ap.add_argument("--levers", default="full,no_writeback,pageable_h2d", help=f"for e2e_levers: of {sorted(LEVERS)}")
     ap.add_argument("--long-times", type=int, default=3, help="for e2e_long: the corpus this many times over")
+    ap.add_argument("--long-levers", default="full", help="for e2e_long: of the levers, each run once")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
     what = set(args.what)
@@ -614,9 +628,13 @@ def main() -> None:
     if "e2e_long" in what:
         # The same run over the corpus several times over: a start of 7-9 s (Ray, the
         # captioner) spread over more clips, closer to what a corpus-sized job sees.
+        # With --long-levers, each lever once on it too (the default first).
         long = repeat_corpus(corpus, os.path.join(args.work, f"corpus-x{args.long_times}"), args.long_times)
-        figures.update(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, "long"))
-        figures["caption_e2e_long_clips_per_s"] = figures["e2e_long_clips_per_s"]
+        for lever in args.long_levers.split(","):
+            flags, env = LEVERS[lever]
+            tag = "long" if lever == "full" else f"long_{lever}"
+            figures.update(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
+        figures["caption_e2e_long_clips_per_s"] = figures.get("e2e_long_clips_per_s")
     if "e2e_nice0" in what:
         # Lever: decode tasks at the actor's priority (the default runs them at nice 10).
         figures.update(

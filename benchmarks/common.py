@@ -262,17 +262,25 @@ def process_role(proc: psutil.Process) -> str:
     return "other"
 
 
-class TreeMemory:
-    """Samples the private resident memory (RSS less shared pages, so Ray's shared object
-    store is not counted in every process that maps it) of a process and all its
-    descendants; keeps the peak per role. A process counts under the role of the work it
-    did (a worker sampled idle between two decode tasks is a decode worker, with the peak
-    of its whole life); only a process never seen working counts as an idle worker."""
+class TreeUsage:
+    """Samples a process and all its descendants every ``every_s``: the peak private
+    resident memory per role (RSS less shared pages, so Ray's shared object store is not
+    counted in every process that maps it), and the CPU seconds per role.
+
+    Roles follow the work: a Ray worker's CPU between two samples counts to the task its
+    title names at the second (Ray retitles a worker per task), or, while it is idle, to
+    the task it last ran; its memory peak counts to the first work it was seen doing (a
+    worker sampled idle between two decode tasks is a decode worker). CPU a process spent
+    after its last sample is not seen: short-lived processes are undercounted."""
 
     def __init__(self, pid: int, every_s: float = 0.25):
         self.pid, self.every_s = pid, every_s
         self._peak_by_pid: dict[int, int] = {}
         self._role_by_pid: dict[int, str] = {}
+        self._cpu_by_pid: dict[int, float] = {}
+        self._last_work_by_pid: dict[int, str] = {}
+        self.cpu_s: dict[str, float] = {}
+        self.machine_busy_cores = 0.0  # every process's CPU, over the sampled span
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -284,13 +292,19 @@ class TreeMemory:
             out[role] = max(out.get(role, 0), private)
         return out
 
-    def __enter__(self) -> TreeMemory:
+    def __enter__(self) -> TreeUsage:
+        self._started = time.perf_counter()
+        self._machine_start = psutil.cpu_times()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        end = psutil.cpu_times()
+        busy = sum(end) - end.idle - getattr(end, "iowait", 0.0)
+        busy -= sum(self._machine_start) - self._machine_start.idle - getattr(self._machine_start, "iowait", 0.0)
+        self.machine_busy_cores = busy / max(1e-9, time.perf_counter() - self._started)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -303,6 +317,7 @@ class TreeMemory:
                 try:
                     mem = proc.memory_info()
                     private = mem.rss - getattr(mem, "shared", 0)
+                    times = proc.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 role = "driver" if proc.pid == self.pid else process_role(proc)
@@ -310,4 +325,11 @@ class TreeMemory:
                 if known is None or (known in ("idle_worker", "ray_worker", "gone") and role not in ("gone",)):
                     self._role_by_pid[proc.pid] = role
                 self._peak_by_pid[proc.pid] = max(self._peak_by_pid.get(proc.pid, 0), private)
+                if role not in ("idle_worker", "ray_worker", "gone"):
+                    self._last_work_by_pid[proc.pid] = role
+                cpu = times.user + times.system
+                delta = cpu - self._cpu_by_pid.get(proc.pid, 0.0)
+                self._cpu_by_pid[proc.pid] = cpu
+                charged = self._last_work_by_pid.get(proc.pid, role)
+                self.cpu_s[charged] = self.cpu_s.get(charged, 0.0) + delta
             time.sleep(self.every_s)

@@ -1,15 +1,21 @@
-"""One decode task's CPU cost per clip: ``prepare_unit`` (read the tar, join the tags,
-decode, pack the PCM and the audio) on one unit of 256 clips of 10 s 48 kHz FLAC, in a
-fresh process per setting, the settings interleaved round by round.
+"""One decode task's time per clip: ``prepare_unit`` (read the tar, join the tags, decode,
+pack the PCM and the audio) on units of 256 clips of 10 s 48 kHz FLAC, in fresh processes,
+the settings interleaved round by round; with ``--procs 1,16`` also that many processes
+at once (each on its own tar), as a GPU host's 16 decode slots run.
 
-    python benchmarks/prepare_bench.py --work /tmp/tagcap-bench --repeats 5
+    python benchmarks/prepare_bench.py --work /tmp/tagcap-bench --repeats 5 --procs 1,16
 
-Settings: freed memory kept for the next unit (tagcap's default) or handed back to the
-kernel (``TAGCAP_RETAIN_FREED_MEMORY=0``). Each process runs the unit ``--units`` times,
-as a Ray worker runs unit after unit, and reports the median of all but the first (which
-pays the imports and the first touch of every page either way). The machine's transparent
-huge page setting is recorded: where the kernel backs large allocations with 2 MB pages,
-handing memory back costs far fewer page faults.
+Settings: ``retain``, freed memory kept for the next unit (tagcap's default); ``no_retain``,
+handed back to the kernel (``TAGCAP_RETAIN_FREED_MEMORY=0``); ``decode_only``, the decode
+ceiling's loop in the same harness (each clip read from the tar and decoded to int16,
+nothing kept). ``prepare_unit`` against ``decode_only`` at the same number of processes is
+what a decode task costs beyond decoding, without Ray; a caption run's decode tasks against
+this is what running beside Ray, the captioner and the writers costs them.
+
+Each process runs its unit ``--units`` times, as a Ray worker runs unit after unit, and
+reports the median of all but the first (which pays the imports and the first touch of
+every page either way). The machine's transparent huge page setting is recorded: where the
+kernel backs large allocations with 2 MB pages, handing memory back costs far fewer faults.
 """
 
 from __future__ import annotations
@@ -26,33 +32,53 @@ from dataclasses import asdict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DECODE_SPEC, machine, make_corpus, write_results
 
-SETTINGS = {"retain": "1", "no_retain": "0"}
+# name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs)
+SETTINGS = {"retain": ("1", "prepare"), "no_retain": ("0", "prepare"), "decode_only": ("1", "decode")}
 
 # Runs in the child (without torch, as a decode worker): the unit ``units`` times through
-# the decode task's own function, with the benchmarks' DecodeSpec.
+# the decode task's own function (or the ceiling's decode loop), with the benchmarks'
+# DecodeSpec.
 _CHILD = """
-import json, statistics, sys, time
+import io, json, statistics, sys, tarfile, time
 from tagcap.pipeline.plan import plan_units
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.work import DecodeSpec
+from tagcap.workers.audio import read_mono
 from tagcap.workers.prepare import prepare_unit
+from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.storage import Storage
 
-pattern, segments_path, labels_path, units = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tar_path, segments_path, labels_path, units, what = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[6]
 storage = Storage({})
-unit = plan_units([pattern], storage, 1).units[0]
+unit = plan_units([tar_path], storage, 1).units[0]
 with open(labels_path) as fh:
     labels = LabelMap.parse(fh.read(), labels_path)
 with open(segments_path) as fh:
     segments = SegmentTable(parse_segments(fh.read(), segments_path, split="bench")[0])
 spec = DecodeSpec(**json.loads(sys.argv[5]))
+
+
+def decode_only():
+    retain_freed_memory()  # as the ceiling's workers
+    n = 0
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if member.name.endswith(".flac"):
+                n += read_mono(tar.extractfile(member).read(), pcm16=True)[0].shape[0] > 0
+    return n
+
+
+def prepare():
+    batch, payload = prepare_unit(unit, spec, segments, labels, storage)
+    return len(batch.keys)
+
+
+run = decode_only if what == "decode" else prepare
 times = []
 for _ in range(units):
     start = time.perf_counter()
-    batch, payload = prepare_unit(unit, spec, segments, labels, storage)
+    clips = run()
     times.append(time.perf_counter() - start)
-    clips = len(batch.keys)
-    del batch, payload
 print(json.dumps({"ms_per_clip": 1000 * statistics.median(times[1:]) / clips, "clips": clips}))
 """
 
@@ -65,34 +91,67 @@ def _transparent_hugepages() -> str:
         return "unknown"
 
 
+def _run_at_once(procs: int, setting: str, corpus, units: int, spec: str) -> list[float]:
+    """``procs`` children at once, each on its own tar: each one's ms per clip."""
+    retain, what = SETTINGS[setting]
+    env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": retain}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, tar, corpus.segments, corpus.labels, str(units), spec, what],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tar in corpus.tars[:procs]
+    ]
+    out = []
+    for child in children:
+        stdout, _ = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"{setting} child failed ({child.returncode})")
+        out.append(json.loads(stdout.strip().splitlines()[-1])["ms_per_clip"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/tagcap-bench")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every setting once")
     ap.add_argument("--units", type=int, default=6, help="the unit this many times per process")
+    ap.add_argument("--procs", default="1", help="comma-separated: processes at once")
+    ap.add_argument("--settings", default="retain,no_retain", help=f"comma-separated, of {sorted(SETTINGS)}")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    corpus = make_corpus(os.path.join(args.work, "corpus-prepare"), 1, 256)
-    runs: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    counts = [int(x) for x in args.procs.split(",")]
+    settings = args.settings.split(",")
+    corpus = make_corpus(os.path.join(args.work, f"corpus-prepare-{max(counts)}"), max(counts), 256)
+    spec = json.dumps(asdict(DECODE_SPEC))
+    # (setting, procs) -> per round: the median child's ms per clip, and clips/s of all.
+    per_clip: dict[tuple[str, int], list[float]] = {(s, n): [] for s in settings for n in counts}
+    rate: dict[tuple[str, int], list[float]] = {(s, n): [] for s in settings for n in counts}
     for _ in range(args.repeats):
-        for name, value in SETTINGS.items():
-            env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": value}
-            spec = json.dumps(asdict(DECODE_SPEC))
-            cmd = [sys.executable, "-c", _CHILD, corpus.pattern, corpus.segments, corpus.labels, str(args.units), spec]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            runs[name].append(round(json.loads(out.stdout.strip().splitlines()[-1])["ms_per_clip"], 3))
-            print(name, runs[name][-1], "ms/clip", flush=True)
+        for n in counts:
+            for name in settings:
+                ms = _run_at_once(n, name, corpus, args.units, spec)
+                per_clip[name, n].append(round(statistics.median(ms), 3))
+                rate[name, n].append(round(sum(1000 / m for m in ms), 1))
+                print(f"{name} x{n}: {per_clip[name, n][-1]} ms/clip, {rate[name, n][-1]} clips/s", flush=True)
     figures = {
         **machine(),
         "transparent_hugepages": _transparent_hugepages(),
         "clips_per_unit": 256,
         "units_per_process": args.units,
-        **{f"prepare_{name}_ms_per_clip": round(statistics.median(v), 3) for name, v in runs.items()},
-        **{f"prepare_{name}_ms_per_clip_runs": v for name, v in runs.items()},
     }
-    figures["retain_saving_fraction"] = round(
-        1 - figures["prepare_retain_ms_per_clip"] / figures["prepare_no_retain_ms_per_clip"], 3
-    )
+    for (name, n), values in per_clip.items():
+        # One process: the names of the sessions before (prepare_retain_ms_per_clip).
+        suffix = "" if n == 1 else f"_x{n}"
+        figures[f"prepare_{name}{suffix}_ms_per_clip"] = round(statistics.median(values), 3)
+        figures[f"prepare_{name}{suffix}_ms_per_clip_runs"] = values
+        figures[f"prepare_{name}{suffix}_clips_per_s"] = round(statistics.median(rate[name, n]), 1)
+    if "retain" in settings and "no_retain" in settings and 1 in counts:
+        figures["retain_saving_fraction"] = round(
+            1 - figures["prepare_retain_ms_per_clip"] / figures["prepare_no_retain_ms_per_clip"], 3
+        )
     write_results(args.results, "prepare", figures)
     print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, list)}, indent=1))
 

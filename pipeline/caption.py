@@ -29,6 +29,7 @@ from tagcap.schemas.manifest import RunManifest
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.cuda_runtime import DEFAULT_SYNC, sync_mode_from_env
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
 
@@ -51,6 +52,7 @@ class Prepared:
     identity: str
     metadata_digest: dict[str, str]
     filter_params: dict | None = None
+    cuda_sync: str = DEFAULT_SYNC  # how a GPU actor's threads wait (workers.cuda_runtime)
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -90,6 +92,10 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         info = captioners.describe(config.captioner, _captioner_config(config))
     except captioners.CaptionerSpecError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        cuda_sync = sync_mode_from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     digest: dict[str, str] = {}
     label_bytes = _read(storage, config.labels, "label file")
@@ -127,7 +133,17 @@ def prepare_run(config: CaptionConfig) -> Prepared:
     }
     identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
     return Prepared(
-        config, storage, OutputLayout(config.output), info, segments, labels, plan, identity, digest, filter_params
+        config,
+        storage,
+        OutputLayout(config.output),
+        info,
+        segments,
+        labels,
+        plan,
+        identity,
+        digest,
+        filter_params,
+        cuda_sync,
     )
 
 
@@ -235,6 +251,7 @@ def _run_leased(prep: Prepared) -> int:
         storage_options=config.storage_options,
         unit_bytes=_typical_unit_bytes(prep),
         captioner_id=prep.info.captioner_id,
+        cuda_sync=prep.cuda_sync,
     )
     decode = DecodeSpec(
         sample_rate=prep.info.sample_rate,

@@ -31,6 +31,7 @@ from tagcap.schemas.records import ShardStats
 from tagcap.schemas.work import CaptionResult, DecodeSpec, ModelBatch, UnitPayload, WorkUnit
 from tagcap.workers.captioners import build
 from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
+from tagcap.workers.cuda_runtime import DEFAULT_SYNC
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
 from tagcap.workers.writer import ProvenanceInfo, write_shard
@@ -79,6 +80,9 @@ class ExecutionSettings:
     storage_options: dict[str, Any] = field(default_factory=dict)
     unit_bytes: int | None = None  # typical input bytes of a unit (sizes the default in-flight)
     captioner_id: str | None = None  # what the driver recorded in the manifest; actors must match it
+    # How a GPU actor's threads wait for the GPU (workers.cuda_runtime). Read from the
+    # driver's environment and carried here: a joined cluster's actors do not inherit it.
+    cuda_sync: str = DEFAULT_SYNC
 
 
 class CaptionActor:
@@ -87,6 +91,12 @@ class CaptionActor:
 
     def __init__(self, settings: ExecutionSettings):
         started = time.perf_counter()
+        waits = ""
+        if settings.gpus_per_actor > 0:
+            # Before the captioner first touches the GPU, so its context starts this way.
+            from tagcap.workers.cuda_runtime import set_sync_mode
+
+            waits = f", GPU waits {settings.cuda_sync}" + ("" if set_sync_mode(settings.cuda_sync) else " (refused)")
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
         built = time.perf_counter()
         loaded = self.captioner.info.captioner_id
@@ -112,7 +122,7 @@ class CaptionActor:
         ready = time.perf_counter()
         print(
             f"tagcap: captioner {loaded} ready in {ready - started:.1f} s (load {built - started:.1f} s, "
-            f"warm-up {warmed - built:.1f} s, filter {ready - warmed:.1f} s)",
+            f"warm-up {warmed - built:.1f} s, filter {ready - warmed:.1f} s){waits}",
             file=sys.stderr,
             flush=True,
         )

@@ -102,3 +102,9 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     names = [e["name"] for e in events if e.get("ph") == "X"]
     assert sum(n.endswith("executor._prepare") for n in names) == 2
     assert sum(n.endswith("executor._write") for n in names) >= 1
+
+
+def test_bad_cuda_sync_setting_fails_at_once(sample_input, tmp_path):
+    # Read on the driver and carried to the actors: a typo fails before Ray, not in an actor.
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), TAGCAP_CUDA_SYNC="sleepy")
+    _assert_fails_fast(proc, "TAGCAP_CUDA_SYNC='sleepy'", tmp_path / "out")

@@ -21,7 +21,6 @@ Figures: benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import mmap
 import os
@@ -33,6 +32,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torchaudio.transforms as taf_module
+
+from tagcap.workers import cuda_runtime
 
 # "register", "0" or "1": see the module's docstring.
 STAGING = os.environ.get("TAGCAP_H2D_STAGING", "register")
@@ -134,7 +135,7 @@ def _copy_registered(x: torch.Tensor, device: torch.device, stream: torch.cuda.S
     cudart = torch.cuda.cudart()
     with _REGISTER_LOCK:
         if int(cudart.cudaHostRegister(start, end - start, 0)) != 0:
-            _clear_cuda_error()
+            cuda_runtime.clear_last_error()
             STAGING = "0"
             return x.to(device, non_blocking=False)
         try:
@@ -143,17 +144,6 @@ def _copy_registered(x: torch.Tensor, device: torch.device, stream: torch.cuda.S
         finally:
             cudart.cudaHostUnregister(start)
     return on_device
-
-
-def _clear_cuda_error() -> None:
-    """Reset the CUDA runtime's last error, which a refused registration leaves behind and
-    which torch would otherwise report at its next kernel launch as that kernel's error."""
-    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
-        try:
-            ctypes.CDLL(name).cudaGetLastError()  # the copy torch has loaded, by its name
-            return
-        except (OSError, AttributeError):
-            continue
 
 
 @lru_cache(maxsize=64)
