@@ -8,6 +8,7 @@ store, and the error records of samples that fell out along the way).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ class PackedBytes:
     offsets: np.ndarray  # int64, len(items) + 1
 
     @classmethod
-    def pack(cls, items: list[bytes]) -> PackedBytes:
+    def pack(cls, items: Sequence[bytes | memoryview]) -> PackedBytes:
         offsets = np.zeros(len(items) + 1, np.int64)
         np.cumsum([len(b) for b in items], out=offsets[1:])
         return cls(np.frombuffer(b"".join(items), np.uint8), offsets)

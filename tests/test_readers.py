@@ -1,11 +1,24 @@
+import gzip
 import json
 
+import pytest
+
 from tagcap.schemas.records import ErrorReason
+from tagcap.workers import readers
 from tagcap.workers.readers import read_files, read_tar, split_member_name
 from tagcap.workers.storage import Storage
 from tests.builders import encode, make_tar, tone
 
 FLAC = encode(tone(0.5), 16000)
+
+
+@pytest.fixture(autouse=True, params=["whole", "streamed"])
+def reading(request, monkeypatch):
+    """Every test here runs on both of read_tar's paths: the tar read whole and sliced, and
+    the tar streamed (taken by tars over WHOLE_TAR_MAX_BYTES): they must agree."""
+    if request.param == "streamed":
+        monkeypatch.setattr(readers, "WHOLE_TAR_MAX_BYTES", 0)
+    return request.param
 
 
 def test_adjacent_members_form_samples_in_order(tmp_path):
@@ -71,3 +84,24 @@ def test_unreadable_tar_and_files(tmp_path):
 def test_split_member_name_uses_the_last_dot():
     assert split_member_name("a/b.c/--PJHxphWEs_30.000_40.000.WAV") == ("a/b.c/--PJHxphWEs_30.000_40.000", "wav")
     assert split_member_name("noext") == ("noext", "")
+
+
+def test_compressed_tar_reads_as_the_plain_one(tmp_path):
+    members = [("Yabcdefghijk_1000.flac", FLAC), ("Yabcdefghijk_1000.json", b"{}"), ("b.flac", FLAC)]
+    make_tar(members, str(tmp_path / "plain.tar"))
+    (tmp_path / "packed.tar.gz").write_bytes(gzip.compress(make_tar(members)))
+    plain = list(read_tar(str(tmp_path / "plain.tar"), Storage()))
+    packed = list(read_tar(str(tmp_path / "packed.tar.gz"), Storage()))
+    assert [(s.source, s.members, s.error) for s in packed] == [(s.source, s.members, s.error) for s in plain]
+    assert [s.source for s in plain] == ["Yabcdefghijk_1000", "b"]
+
+
+def test_a_plain_tar_read_whole_is_not_copied_per_member(tmp_path, reading):
+    path = str(tmp_path / "a.tar")
+    make_tar([(f"s{i}.flac", FLAC) for i in range(3)], path)
+    samples = list(read_tar(path, Storage()))
+    blobs = [s.members["flac"] for s in samples]
+    assert all(bytes(b) == FLAC for b in blobs)
+    if reading == "whole":  # views of the one buffer the tar was read into
+        assert all(isinstance(b, memoryview) for b in blobs)
+        assert len({id(b.obj) for b in blobs}) == 1

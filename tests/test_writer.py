@@ -87,3 +87,30 @@ def test_packed_bytes_round_trip_out_of_band():
     back = pickle.loads(blob, buffers=buffers)
     assert [bytes(back[i]) for i in range(len(items))] == items
     assert len(PackedBytes.pack([])) == 0
+
+
+def test_sample_json_is_the_records_fields_sorted_and_compact():
+    # The member's bytes are part of the byte-identical-shards guarantee: they must be the
+    # canonical encoding of every field, nested ones included (tuples as lists).
+    import json
+    from dataclasses import asdict
+
+    from tagcap.schemas.records import CaptionMeta, SampleRecord
+
+    record = SampleRecord(
+        text=["a dog barks, then a café door closes"],
+        tag=["Dog", "Bark"],
+        original_data={"ytid": "-abc", "start_seconds": 30.0, "end_seconds": 40.0, "mids": ["/m/0bt9lr"]},
+        caption_meta=CaptionMeta(
+            captioner="blat-1",
+            checkpoint_sha256=None,
+            params={"beam_size": 3, "nested": {"b": [1, 2], "a": None}},
+            logprob=-3.25,
+            clap_score=None,
+            candidates=("a dog barks", "a dog"),  # type: ignore[arg-type]
+            tagcap_version="0.1.0",
+        ),
+    )
+    canonical = json.dumps(asdict(record), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    assert record.to_json_bytes() == canonical
+    assert json.loads(record.to_json_bytes())["caption_meta"]["candidates"] == ["a dog barks", "a dog"]

@@ -31,7 +31,7 @@ from tagcap.workers.audio import (
     to_pcm16,
 )
 from tagcap.workers.process_settings import lower_priority, retain_freed_memory
-from tagcap.workers.readers import RawSample, read_unit
+from tagcap.workers.readers import Blob, RawSample, read_unit
 from tagcap.workers.storage import Storage
 
 
@@ -40,7 +40,7 @@ class _Pending:
     raw: RawSample
     clip: ClipId
     ext: str
-    audio: bytes
+    audio: Blob
 
 
 class _SampleError(Exception):
@@ -65,7 +65,7 @@ def _clip_id(raw: RawSample, max_json_bytes: int) -> ClipId:
         if len(blob) > max_json_bytes:
             raise _SampleError(ErrorReason.BAD_JSON, f"json member is {len(blob)} bytes > {max_json_bytes}")
         try:
-            meta = json.loads(blob)
+            meta = json.loads(bytes(blob))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise _SampleError(ErrorReason.BAD_JSON, f"json does not parse: {exc}") from None
         if isinstance(meta, dict):
@@ -139,7 +139,7 @@ def _join(
     return item, meta
 
 
-def _decode(audio: bytes, ext: str, spec: DecodeSpec) -> tuple[tuple[int, np.ndarray], bytes, str] | AudioError:
+def _decode(audio: Blob, ext: str, spec: DecodeSpec) -> tuple[tuple[int, np.ndarray], Blob, str] | AudioError:
     """One clip: its transport PCM and the audio to store (with its extension)."""
     try:
         clip = decode_clip(audio, spec, pcm16=True)
@@ -208,7 +208,7 @@ def prepare_unit(
     to_decode = [entry for entry in joined if not isinstance(entry, ErrorRecord)]
     decoded = _map_threads(lambda entry: _decode(entry[0].audio, entry[0].ext, spec), to_decode, spec.threads)
     metas: list[SampleMeta] = []
-    stored: list[bytes] = []
+    stored: list[Blob] = []
     clips: list[tuple[int, np.ndarray]] = []
     outcomes = iter(decoded)
     for entry in joined:
