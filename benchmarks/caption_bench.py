@@ -381,6 +381,7 @@ def e2e(
     timelines: list[dict[str, Any]] = []
     peaks: list[dict[str, int]] = []
     cores: list[dict[str, float]] = []
+    processes: list[dict[str, int]] = []
     for r in range(repeats):
         out = os.path.join(work, f"out-{tag}-{r}")
         shutil.rmtree(out, ignore_errors=True)
@@ -436,7 +437,9 @@ def e2e(
         # Cores each role kept busy over the run's wall-clock: where the CPU went.
         cores.append({k: round(v / wall, 2) for k, v in sorted(usage.cpu_s.items())})
         cores[-1]["machine"] = round(usage.machine_busy_cores, 2)
+        processes.append(usage.processes)
         print(f"e2e {tag} run {r}: busy cores by role {json.dumps(cores[-1])}", flush=True)
+        print(f"e2e {tag} run {r}: processes by role {json.dumps(processes[-1])}", flush=True)
         print(
             f"e2e {tag} run {r}: {corpus.clips} clips in {wall:.1f} s ({dumps[-1]:.1f} s of it the timeline dump) "
             f"= {rates[-1]:.0f} clips/s; {phases[-1]}",
@@ -469,6 +472,7 @@ def e2e(
         else None,
         f"e2e_{tag}_timeline": timelines[0],
         f"e2e_{tag}_busy_cores_by_role": cores,
+        f"e2e_{tag}_processes_by_role": processes,
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
     }

@@ -285,6 +285,15 @@ class TreeUsage:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
+    def processes(self) -> dict[str, int]:
+        """Distinct processes seen per role: Ray workers started (and killed) during a run
+        show here as more than the slots that were busy."""
+        out: dict[str, int] = {}
+        for role in self._role_by_pid.values():
+            out[role] = out.get(role, 0) + 1
+        return dict(sorted(out.items()))
+
+    @property
     def peak(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for pid, private in self._peak_by_pid.items():

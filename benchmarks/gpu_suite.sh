@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|levers12b|final12|final13|long13|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|levers12b|final12|final13|long13|count13|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -135,6 +135,9 @@ for what in "$@"; do
              python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --long-times 3 --long-levers full --results "$results" --name caption-long13b \
                e2e_long 2>&1 | tee "$results/caption-long13b.log" ;;
+    count13) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --repeats "${REPEATS:-1}" --results "$results" --name caption-count13 \
+               e2e_full 2>&1 | tee "$results/caption-count13.log" ;;
     none7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-none7 \
                e2e_none baseline 2>&1 | tee "$results/caption-none7.log" ;;
