@@ -240,9 +240,16 @@ def blat_checkpoint(folder: str, seed: int = 0, tiny: bool = False) -> str:
 # -- memory -------------------------------------------------------------------------------
 def process_role(proc: psutil.Process) -> str:
     try:
-        cmd = " ".join(proc.cmdline())
+        argv = proc.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
+    # By the program first: the raylet's arguments carry the worker command line
+    # (default_worker.py), so a match anywhere took it for a worker (runs before
+    # 2026-12-01's fifth session's count13 list the raylet as "ray_worker").
+    program = os.path.basename(argv[0]) if argv else ""
+    if program in ("raylet", "gcs_server"):
+        return "raylet" if program == "raylet" else "gcs"
+    cmd = " ".join(argv)
     for needle, role in (
         # Ray retitles its workers "ray::<task>" while they run one and "ray::IDLE" between.
         ("ray::IDLE", "idle_worker"),
@@ -250,9 +257,9 @@ def process_role(proc: psutil.Process) -> str:
         ("_prepare", "decode_worker"),
         ("_write", "write_worker"),
         ("default_worker.py", "ray_worker"),
-        ("raylet", "raylet"),
-        ("gcs_server", "gcs"),
         ("dashboard", "ray_service"),
+        ("DashboardAgent", "ray_service"),
+        ("RuntimeEnvAgent", "ray_service"),
         ("runtime_env", "ray_service"),
         ("log_monitor", "ray_service"),
         ("tagcap", "driver"),
