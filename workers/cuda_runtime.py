@@ -58,8 +58,9 @@ def sync_mode_from_env() -> str:
 
 def set_sync_mode(mode: str) -> bool:
     """How this process's threads wait for its current GPU (``SYNC_FLAGS``). Made before
-    the process first uses the GPU, it is the flag its context starts with; CUDA 11.1 and
-    later also change it on a context already made. Returns whether CUDA took it."""
+    the process first uses the GPU, it is the flag its context starts with; recent CUDA
+    also changes it on a context already made (on the H200 host, switching back and forth
+    changed how a later wait used the CPU). Returns whether CUDA took it."""
     flags = SYNC_FLAGS[mode]
     lib = cudart()
     if lib is None:
