@@ -178,17 +178,27 @@ class InflightLimits:
     not yet returned) or *writing* (only its write task left). At most ``ahead`` units may
     be ahead once caption calls return (until then, while the captioner actors start, as
     many as the budget takes), and the units in the air must fit ``budget``: a unit ahead
-    costs ``ahead_cost``, one writing ``writing_cost``."""
+    costs ``ahead_cost``, one writing ``writing_cost``.
+
+    Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit): a
+    decode task that no CPU can take yet is a task queued in Ray, and Ray starts worker
+    processes for its queued tasks, beyond what it keeps, over and over while they wait.
+    On 2 CPUs a run of 40 units with all of them queued started 14-27 worker processes and
+    spent a third of its CPU on them; at two per decode slot it starts 7
+    (benchmarks/RESULTS.md). Decoded units still wait in the store up to the budget."""
 
     ahead: int
     budget: float
     ahead_cost: float = 1.0
     writing_cost: float = 1.0
+    decoding: int = 0
 
-    def admits(self, ahead: int, writing: int, flowing: bool) -> bool:
-        """Whether one more unit may go: ``ahead`` and ``writing`` are in the air now;
-        ``flowing``: a caption call has returned."""
+    def admits(self, ahead: int, writing: int, flowing: bool, decoding: int = 0) -> bool:
+        """Whether one more unit may go: ``ahead`` and ``writing`` are in the air now,
+        ``decoding`` of those ahead not decoded yet; ``flowing``: a caption call has returned."""
         if flowing and ahead >= self.ahead:
+            return False
+        if self.decoding and decoding >= self.decoding:
             return False
         return (ahead + 1) * self.ahead_cost + writing * self.writing_cost <= self.budget
 
@@ -227,21 +237,30 @@ def inflight_limits(
     in the store up to this budget instead of the decode slots standing idle. Bounded
     either way, so memory does not grow with the corpus. Input sizes unknown: at most the
     ahead limit in the air, writing or not."""
-    kept_for_writes = 1.0 if write_cpus > 0 else 0.0
-    decoding = max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
+    decoding = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, write_cpus)
     ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1
     if not unit_bytes or store_bytes <= 0:
-        return InflightLimits(max(floor, ahead), float(max(floor, ahead)))
+        return InflightLimits(max(floor, ahead), float(max(floor, ahead)), decoding=2 * decoding)
     budget = store_fraction * store_bytes / unit_bytes  # in units of one unit's input bytes
     ahead = max(floor, min(ahead, int(budget / 3)))
-    return InflightLimits(ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0)
+    return InflightLimits(ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0, decoding=2 * decoding)
+
+
+def decode_slots(cpus: float, n_actors: int, actor_cpus: float, decode_cpus: float, write_cpus: float) -> int:
+    """Decode tasks that can run at once: the CPUs the actors leave, less one kept for write
+    tasks where they reserve CPUs."""
+    kept_for_writes = 1.0 if write_cpus > 0 else 0.0
+    return max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
 
 
 def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
-    if settings.max_inflight:  # that many in the air, writing or not
-        return InflightLimits(settings.max_inflight, float(settings.max_inflight))
     resources = ray.cluster_resources()
+    if settings.max_inflight:  # that many in the air, writing or not, decoding at two per slot
+        slots = decode_slots(
+            float(resources.get("CPU", 1.0)), n_actors, actor_cpus, settings.decode_cpus, settings.write_cpus
+        )
+        return InflightLimits(settings.max_inflight, float(settings.max_inflight), decoding=2 * slots)
     fraction = os.environ.get("TAGCAP_STORE_FRACTION", "")
     try:
         store_fraction = min(1.0, max(0.01, float(fraction))) if fraction else STORE_FRACTION
@@ -261,14 +280,15 @@ def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: flo
 
 @dataclass
 class _Flight:
-    """A unit in the air: its attempt, the actor it went to, when, and its caption call
-    until that returns (then only its write task is left)."""
+    """A unit in the air: its attempt, the actor it went to, when, its decode task until
+    that is done, and its caption call until that returns (then only its write task is left)."""
 
     unit: WorkUnit
     attempt: int
     actor: int
     submitted: float
     captions: ray.ObjectRef | None
+    batch: ray.ObjectRef | None  # its decode task's first result, until that is ready
 
 
 def _ready(refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
@@ -335,12 +355,13 @@ def run_units(
     pending = deque((unit, 1) for unit in units)
     inflight: dict[ray.ObjectRef, _Flight] = {}  # by the unit's write task
     captioning: dict[ray.ObjectRef, ray.ObjectRef] = {}  # captions not yet made -> write task
+    decoding: dict[ray.ObjectRef, ray.ObjectRef] = {}  # decoded batch not yet made -> write task
     next_actor = 0
     flowing = False  # a caption call has returned: the actors are up, the ahead limit applies
 
     try:
         while pending or inflight:
-            while pending and limits.admits(len(captioning), len(inflight) - len(captioning), flowing):
+            while pending and limits.admits(len(captioning), len(inflight) - len(captioning), flowing, len(decoding)):
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2
@@ -348,10 +369,13 @@ def run_units(
                 next_actor += 1
                 captions_ref = actors[actor_index].caption.remote(batch_ref)
                 write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
-                inflight[write_ref] = _Flight(unit, attempt, actor_index, time.monotonic(), captions_ref)
+                inflight[write_ref] = _Flight(unit, attempt, actor_index, time.monotonic(), captions_ref, batch_ref)
                 captioning[captions_ref] = write_ref
-            done = _ready([*inflight, *captioning])
+                decoding[batch_ref] = write_ref
+            done = _ready([*inflight, *captioning, *decoding])
             for ref in done:
+                if ref in decoding:  # decoded (or failed): the next unit may go to its slot
+                    inflight[decoding.pop(ref)].batch = None
                 if ref in captioning:  # captioned: only its writing is left
                     inflight[captioning.pop(ref)].captions = None
                     flowing = True
@@ -368,6 +392,8 @@ def run_units(
                 flight = inflight.pop(ref)
                 if flight.captions is not None:
                     captioning.pop(flight.captions, None)
+                if flight.batch is not None:
+                    decoding.pop(flight.batch, None)
                 unit, attempt, actor_index = flight.unit, flight.attempt, flight.actor
                 try:
                     if ref in stuck:

@@ -1,6 +1,7 @@
 """How many work units are in flight: by default enough ahead of the captioners to keep
-every decode slot fed (more while they start), never more than 80% of the object store
-holds (``STORE_FRACTION``), units being written included."""
+every decode slot fed (more while they start), at most two per decode slot not yet decoded,
+never more than 80% of the object store holds (``STORE_FRACTION``), units being written
+included."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import _inflight_limits, inflight_limits
+from tagcap.pipeline.executor import _inflight_limits, decode_slots, inflight_limits
 from tagcap.pipeline.sample import write_sample
 from tests.helpers import execution_settings, sample_config
 
@@ -23,6 +24,19 @@ def test_twice_the_decode_slots_and_actors_ahead_where_memory_allows():
     assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, 170 << 20, write_cpus=0.25).ahead == 30
     assert inflight_limits(16, 40 * GB, 1, 1.0, 0.5, None, write_cpus=0.25).ahead == 58  # half a CPU each
     assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).ahead == 4  # a laptop: one decode slot
+
+
+def test_at_most_two_units_per_decode_slot_wait_to_be_decoded():
+    # A decode task no CPU can take yet is queued in Ray, which starts worker processes for
+    # its queue: two per slot keeps one queued behind each running one, and no more.
+    limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
+    assert decode_slots(16, 1, 0.0, 1.0, 0.0) == 16 and limits.decoding == 32
+    assert limits.admits(31, 0, flowing=False, decoding=31)
+    assert not limits.admits(31, 0, flowing=False, decoding=32)
+    # Decoded units go on filling the memory budget while the actors start.
+    assert limits.admits(63, 0, flowing=False, decoding=0) and not limits.admits(64, 0, flowing=False, decoding=0)
+    assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).decoding == 2  # a laptop: one slot
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25).decoding == 28
 
 
 def test_memory_counts_a_unit_ahead_three_times_and_a_writing_one_once():
@@ -58,8 +72,9 @@ def test_capped_by_the_object_store():
 
 def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
     """Two CPUs: the template actor holds one, one decode slot, so 4 units once captions
-    flow; while the actor takes 2 s to start, all 10 units are handed out at once (each
-    shard's stats say when its unit was: ``finished_at - seconds``)."""
+    flow; while the actor takes 2 s to start, all 10 units are handed out as fast as the
+    decode slot takes them (two at a time waiting to be decoded), not held back until the
+    actor is up (each shard's stats say when its unit was: ``finished_at - seconds``)."""
     sample = write_sample(str(tmp_path / "in"), shards=10, clips_per_shard=1, seconds=1.0)
     out = tmp_path / "out"
     config = sample_config(sample, out, captioner="tests.plugins:SlowStartTemplate", captioner_options={"start_s": 2.0})
