@@ -184,9 +184,9 @@ class InflightLimits:
     decode task that no CPU can take yet is a task queued in Ray, and Ray starts worker
     processes for its queued tasks, beyond what it keeps, over and over while they wait.
     On 2 CPUs a run of 40 units with all of them queued started 14-20 worker processes
-    (median 14), and workers that never ran a task took 31-40% of its CPU; at two per decode
-    slot, 7-14 (median 9; benchmarks/RESULTS.md). Decoded units still wait in the store up to
-    the budget."""
+    (median 14), and workers that never ran a task took about 40% of its CPU; at two per
+    decode slot, 7-14 (median 9) and about 30% (benchmarks/RESULTS.md). Decoded units still
+    wait in the store up to the budget."""
 
     ahead: int
     budget: float
