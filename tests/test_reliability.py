@@ -251,9 +251,12 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
         )
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
         cluster.remove_node(worker)
+        # Mid-run: the job was still going, with shards left, once the node was gone (how
+        # many were done by then depends on how fast the machine ran the rest meanwhile).
         removed_at = len(glob.glob(str(out / "*.stats.json")))
+        still_running = proc.poll() is None
         assert proc.wait(timeout=240) == 0, proc.stderr.read().decode()[-3000:]
-        assert removed_at < 6  # the node went away mid-run
+        assert still_running and removed_at < 12, removed_at
         assert tar_digests(str(out)) == tar_digests(str(ref))
         check_output(str(out), expected_inputs=12)
     finally:
