@@ -15,6 +15,7 @@ import platform
 import tarfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -269,6 +270,11 @@ def process_role(proc: psutil.Process) -> str:
     return "other"
 
 
+def _busy_seconds(times: Any) -> float:
+    """All CPUs' time so far, less what they spent idle or waiting on I/O."""
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class TreeUsage:
     """Samples a process and all its descendants every ``every_s``: the peak private
     resident memory per role (RSS less shared pages, so Ray's shared object store is not
@@ -295,10 +301,7 @@ class TreeUsage:
     def processes(self) -> dict[str, int]:
         """Distinct processes seen per role: Ray workers started (and killed) during a run
         show here as more than the slots that were busy."""
-        out: dict[str, int] = {}
-        for role in self._role_by_pid.values():
-            out[role] = out.get(role, 0) + 1
-        return dict(sorted(out.items()))
+        return dict(sorted(Counter(self._role_by_pid.values()).items()))
 
     @property
     def peak(self) -> dict[str, int]:
@@ -317,9 +320,7 @@ class TreeUsage:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        end = psutil.cpu_times()
-        busy = sum(end) - end.idle - getattr(end, "iowait", 0.0)
-        busy -= sum(self._machine_start) - self._machine_start.idle - getattr(self._machine_start, "iowait", 0.0)
+        busy = _busy_seconds(psutil.cpu_times()) - _busy_seconds(self._machine_start)
         self.machine_busy_cores = busy / max(1e-9, time.perf_counter() - self._started)
 
     def _run(self) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|levers12b|final12|final13|long13|count13|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -114,9 +114,6 @@ for what in "$@"; do
              python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --long-times "${LONG_TIMES:-3}" --long-levers "${LONG_LEVERS:-full,cuda_auto_sync,more_slots}" \
                --results "$results" --name caption-levers12 e2e_long 2>&1 | tee "$results/caption-levers12.log" ;;
-    levers12b) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
-               --repeats "${REPEATS:-2}" --results "$results" --name caption-levers12b \
-               --levers "${LEVERS:-full,cuda_auto_sync}" e2e_levers 2>&1 | tee "$results/caption-levers12b.log" ;;
     final12) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-levers12c \
                --levers "${LEVERS:-full,cuda_auto_sync}" e2e_levers 2>&1 | tee "$results/caption-levers12c.log"
@@ -126,9 +123,6 @@ for what in "$@"; do
                | tee "$results/caption-final12.log"
              python3 "$here/benchmarks/prepare_bench.py" --work /tmp/tagcap-bench --repeats 1 \
                --units 4 --procs 1,16 --settings retain,decode_only --results "$results" 2>&1 | tee "$results/prepare.log" ;;
-    final13) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
-               --repeats 1 --long-times "${LONG_TIMES:-6}" --results "$results" --name caption-final13 \
-               e2e_long e2e_full memory 2>&1 | tee "$results/caption-final13.log" ;;
     long13) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --long-times 3 --long-levers full,cuda_auto_sync --results "$results" --name caption-long13a \
                e2e_long 2>&1 | tee "$results/caption-long13a.log"

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DECODE_SPEC, machine, make_corpus, write_results
+from common import DECODE_SPEC, Corpus, machine, make_corpus, write_results
 
 # name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs)
 SETTINGS = {"retain": ("1", "prepare"), "no_retain": ("0", "prepare"), "decode_only": ("1", "decode")}
@@ -91,7 +91,7 @@ def _transparent_hugepages() -> str:
         return "unknown"
 
 
-def _run_at_once(procs: int, setting: str, corpus, units: int, spec: str) -> list[float]:
+def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str) -> list[float]:
     """``procs`` children at once, each on its own tar: each one's ms per clip."""
     retain, what = SETTINGS[setting]
     env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": retain}

@@ -204,6 +204,10 @@ class InflightLimits:
         return (ahead + 1) * self.ahead_cost + writing * self.writing_cost <= self.budget
 
 
+# Units not yet decoded, per decode slot: one running and one queued behind it (see
+# InflightLimits for why not more).
+UNDECODED_PER_SLOT = 2
+
 # The share of the object store that units in the air may fill (TAGCAP_STORE_FRACTION
 # overrides it). The rest is slack for the store's own fragmentation and what Ray keeps
 # there; a full store spills to disk rather than fail, but slowly.
@@ -242,10 +246,12 @@ def inflight_limits(
     ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1
     if not unit_bytes or store_bytes <= 0:
-        return InflightLimits(max(floor, ahead), float(max(floor, ahead)), decoding=2 * decoding)
+        return InflightLimits(max(floor, ahead), float(max(floor, ahead)), decoding=UNDECODED_PER_SLOT * decoding)
     budget = store_fraction * store_bytes / unit_bytes  # in units of one unit's input bytes
     ahead = max(floor, min(ahead, int(budget / 3)))
-    return InflightLimits(ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0, decoding=2 * decoding)
+    return InflightLimits(
+        ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0, decoding=UNDECODED_PER_SLOT * decoding
+    )
 
 
 def decode_slots(cpus: float, n_actors: int, actor_cpus: float, decode_cpus: float, write_cpus: float) -> int:
@@ -261,7 +267,7 @@ def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: flo
         slots = decode_slots(
             float(resources.get("CPU", 1.0)), n_actors, actor_cpus, settings.decode_cpus, settings.write_cpus
         )
-        return InflightLimits(settings.max_inflight, float(settings.max_inflight), decoding=2 * slots)
+        return InflightLimits(settings.max_inflight, float(settings.max_inflight), decoding=UNDECODED_PER_SLOT * slots)
     fraction = os.environ.get("TAGCAP_STORE_FRACTION", "")
     try:
         store_fraction = min(1.0, max(0.01, float(fraction))) if fraction else STORE_FRACTION

@@ -61,14 +61,8 @@ def set_sync_mode(mode: str) -> bool:
     the process first uses the GPU, it is the flag its context starts with; recent CUDA
     also changes it on a context already made (on the H200 host, switching back and forth
     changed how a later wait used the CPU). Returns whether CUDA took it."""
-    flags = SYNC_FLAGS[mode]
     lib = cudart()
-    if lib is None:
-        return False
-    if int(lib.cudaSetDeviceFlags(ctypes.c_uint(flags))) != 0:
-        lib.cudaGetLastError()
-        return False
-    return True
+    return lib is not None and _succeeded(lib, lib.cudaSetDeviceFlags(ctypes.c_uint(SYNC_FLAGS[mode])))
 
 
 def current_sync_mode() -> str | None:
@@ -77,8 +71,16 @@ def current_sync_mode() -> str | None:
     if lib is None:
         return None
     flags = ctypes.c_uint(0)
-    if int(lib.cudaGetDeviceFlags(ctypes.byref(flags))) != 0:
-        lib.cudaGetLastError()
+    if not _succeeded(lib, lib.cudaGetDeviceFlags(ctypes.byref(flags))):
         return None
     schedule = flags.value & 0x07
     return next((name for name, value in SYNC_FLAGS.items() if value == schedule), None)
+
+
+def _succeeded(lib: ctypes.CDLL, status: int) -> bool:
+    """Whether a runtime call returned cudaSuccess; if not, its error is read back so that
+    torch does not report it at its next launch."""
+    if int(status) == 0:
+        return True
+    lib.cudaGetLastError()
+    return False
