@@ -506,6 +506,8 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
     return {"disk_write_gb_per_s": round(gb * (1 << 30) / 1e9 / seconds, 3)}
 
 
+BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
+
 # Levers of the end-to-end run, each the default with one thing changed: flags, environment.
 LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
@@ -530,7 +532,30 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # 20 decode slots on 16 cores instead of 16: whether the tasks wait on something
     # other than a core.
     "more_slots": (("--decode-cpus", "0.8"), {}),
+    # Ray starting at most two worker processes at a time (its default: as many as CPUs).
+    "startup2": ((), {"RAY_worker_maximum_startup_concurrency": "2"}),
+    # The code before this session's changes, the same run otherwise: a tagcap installed
+    # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
+    # the path of the run and of every Ray process it starts.
+    "base_code": ((), {"PYTHONPATH": os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)}),
 }
+
+
+def _medians_of_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per lever, the medians of its runs' rates with every run's value beside them, the
+    first run's timeline and every run's phases."""
+    figures: dict[str, Any] = {}
+    for tag, results in runs.items():
+        for kind in ("clips_per_s", "task_span_clips_per_s", "steady_clips_per_s"):
+            values = [r[f"e2e_{tag}_{kind}"] for r in results if r.get(f"e2e_{tag}_{kind}")]
+            figures[f"e2e_{tag}_{kind}"] = round(statistics.median(values), 1) if values else None
+            figures[f"e2e_{tag}_{kind}_runs"] = values
+        figures[f"e2e_{tag}_timeline"] = results[0][f"e2e_{tag}_timeline"]
+        figures[f"e2e_{tag}_phases_s"] = [p for r in results for p in r[f"e2e_{tag}_phases_s"]]
+        for key in ("busy_cores_by_role", "processes_by_role"):
+            if f"e2e_{tag}_{key}" in results[0]:
+                figures[f"e2e_{tag}_{key}"] = [c for r in results for c in r[f"e2e_{tag}_{key}"]]
+    return figures
 
 
 def main() -> None:
@@ -573,9 +598,14 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, help="units in flight for e2e_inflight (default 2 x (CPUs + 1))")
     ap.add_argument("--levers", default="full,no_writeback,pageable_h2d", help=f"for e2e_levers: of {sorted(LEVERS)}")
     ap.add_argument("--long-times", type=int, default=3, help="for e2e_long: the corpus this many times over")
-    ap.add_argument("--long-levers", default="full", help="for e2e_long: of the levers, each run once")
+    ap.add_argument("--long-levers", default="full", help="for e2e_long: of the levers, each run once a round")
+    ap.add_argument("--long-repeats", type=int, default=1, help="for e2e_long: rounds of its levers")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
+    if "base_code" in {*args.levers.split(","), *args.long_levers.split(",")} and not os.path.isdir(
+        os.path.join(BASE_SITE, "tagcap")
+    ):
+        ap.error(f"the base_code lever needs an earlier tagcap installed under {BASE_SITE}")
     what = set(args.what)
     if "all" in what:
         what = {"ceiling", "decode", "baseline", "e2e", "memory"}
@@ -621,23 +651,21 @@ def main() -> None:
         for _ in range(args.repeats):
             for tag, (flags, env) in chosen.items():
                 runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
-        for tag, results in runs.items():
-            for kind in ("clips_per_s", "task_span_clips_per_s", "steady_clips_per_s"):
-                values = [r[f"e2e_{tag}_{kind}"] for r in results if r.get(f"e2e_{tag}_{kind}")]
-                figures[f"e2e_{tag}_{kind}"] = round(statistics.median(values), 1) if values else None
-                figures[f"e2e_{tag}_{kind}_runs"] = values
-            figures[f"e2e_{tag}_timeline"] = results[0][f"e2e_{tag}_timeline"]
-            figures[f"e2e_{tag}_phases_s"] = [p for r in results for p in r[f"e2e_{tag}_phases_s"]]
+        figures.update(_medians_of_runs(runs))
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
     if "e2e_long" in what:
         # The same run over the corpus several times over: a start of 7-9 s (Ray, the
         # captioner) spread over more clips, closer to what a corpus-sized job sees.
-        # With --long-levers, each lever once on it too (the default first).
+        # With --long-levers, each lever on it too (the default first), round by round
+        # --long-repeats times.
         long = repeat_corpus(corpus, os.path.join(args.work, f"corpus-x{args.long_times}"), args.long_times)
-        for lever in args.long_levers.split(","):
-            flags, env = LEVERS[lever]
-            tag = "long" if lever == "full" else f"long_{lever}"
-            figures.update(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
+        long_runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.long_repeats):
+            for lever in args.long_levers.split(","):
+                flags, env = LEVERS[lever]
+                tag = "long" if lever == "full" else f"long_{lever}"
+                long_runs.setdefault(tag, []).append(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
+        figures.update(_medians_of_runs(long_runs))
         figures["caption_e2e_long_clips_per_s"] = figures.get("e2e_long_clips_per_s")
     if "e2e_nice0" in what:
         # Lever: decode tasks at the actor's priority (the default runs them at nice 10).

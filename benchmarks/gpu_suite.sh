@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|long14|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -16,6 +16,13 @@ fi
 chmod -R +x /tmp/site/ray/core/src/ray
 rm -rf /tmp/site/tagcap /tmp/site/tagcap-*   # this checkout's tagcap, also on a machine kept warm
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/tagcap-*.whl
+# An earlier tagcap for the base_code lever (caption_bench.py), where one is packed: the
+# same run on the code of .whl/base/commit.txt, in the same start of the machine.
+rm -rf /tmp/site-base
+if compgen -G ".whl/base/tagcap-*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site-base .whl/base/tagcap-*.whl
+  cp .whl/base/commit.txt "$results/base-commit.txt" 2>/dev/null || true
+fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp   # import the installed tagcap, not the checkout's folders
 here=$OLDPWD
@@ -132,6 +139,10 @@ for what in "$@"; do
     count13) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-1}" --results "$results" --name caption-count13 \
                e2e_full 2>&1 | tee "$results/caption-count13.log" ;;
+    long14) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+               --long-times 3 --long-levers "${LONG_LEVERS:-full,base_code}" --long-repeats "${LONG_REPEATS:-2}" \
+               --results "$results" --name "caption-long14${NAME_SUFFIX:-}" e2e_long 2>&1 \
+               | tee "$results/caption-long14${NAME_SUFFIX:-}.log" ;;
     none7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-2}" --results "$results" --name caption-none7 \
                e2e_none baseline 2>&1 | tee "$results/caption-none7.log" ;;

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -180,6 +180,14 @@ class InflightLimits:
     many as the budget takes), and the units in the air must fit ``budget``: a unit ahead
     costs ``ahead_cost``, one writing ``writing_cost``.
 
+    The units that piled up while the actors started are not held against decoding once
+    calls return: the ahead limit becomes at least as many as were ahead then
+    (:meth:`once_flowing`). Held to the smaller limit, every decode slot stood idle until
+    the captioners had drained that backlog below it (on a 61,440-clip run the decode slots
+    were 75% and 60% busy in the two tenths of the run from the actor's first call, and
+    full in every later tenth but the last; benchmarks/RESULTS.md). That many in the air
+    already fit the budget.
+
     Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit): a
     decode task that no CPU can take yet is a task queued in Ray, and Ray starts worker
     processes for its queued tasks, beyond what it keeps, over and over while they wait.
@@ -202,6 +210,10 @@ class InflightLimits:
         if self.decoding and decoding >= self.decoding:
             return False
         return (ahead + 1) * self.ahead_cost + writing * self.writing_cost <= self.budget
+
+    def once_flowing(self, ahead: int) -> InflightLimits:
+        """The limits from the first returned caption call on, ``ahead`` units ahead then."""
+        return replace(self, ahead=max(self.ahead, ahead))
 
 
 # Units not yet decoded, per decode slot: one running and one queued behind it (see
@@ -384,8 +396,10 @@ def run_units(
                 if ref in decoding:  # decoded (or failed): the next unit may go to its slot
                     inflight[decoding.pop(ref)].batch = None
                 if ref in captioning:  # captioned: only its writing is left
+                    if not flowing:
+                        limits = limits.once_flowing(len(captioning))
+                        flowing = True
                     inflight[captioning.pop(ref)].captions = None
-                    flowing = True
             # A unit stuck past its deadline (e.g. waiting on objects lost with a node that
             # Ray keeps trying to reconstruct) is cancelled and counts as a failed attempt.
             now = time.monotonic()

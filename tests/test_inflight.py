@@ -54,6 +54,22 @@ def test_memory_counts_a_unit_ahead_three_times_and_a_writing_one_once():
     assert half.admits(39, 0, flowing=False) and not half.admits(40, 0, flowing=False)
 
 
+def test_the_units_decoded_while_the_captioner_started_do_not_hold_decoding_back():
+    # 60 units decoded while the actor started, 34 allowed ahead later: held to 34, every
+    # decode slot would stand idle until the captioner had taken 27 of them.
+    limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
+    assert not limits.admits(59, 0, flowing=True)
+    after = limits.once_flowing(60)
+    assert after.ahead == 60
+    assert after.admits(59, 0, flowing=True) and not after.admits(60, 0, flowing=True)
+    # Memory still bounds the units in the air (192.75 units' bytes: 60 ahead and 12 writing)
+    # and the decode queue its length.
+    assert after.admits(59, 12, flowing=True) and not after.admits(59, 13, flowing=True)
+    assert not after.admits(40, 0, flowing=True, decoding=32)
+    # A start with fewer ahead than the limit leaves it as it was.
+    assert limits.once_flowing(10) == limits
+
+
 def test_sizes_unknown_or_max_inflight_count_every_unit_alike():
     limits = inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25)
     assert limits.ahead == 30
