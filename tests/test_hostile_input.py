@@ -137,6 +137,11 @@ def test_a_unit_travels_as_pcm16_at_its_most_common_rate(tmp_path):
     assert batch.waveforms.shape == (3, 48000)  # SPEC: 1 s at the model's 16 kHz
     held = (batch.waveforms != 0).sum(axis=1)
     assert abs(held[0] - 24000) <= 1 and abs(held[1] - 12000) <= 40 and held[2] == 48000
+    # The stored audio is the tar's own buffer (read whole), each clip's bytes sliced from it.
+    assert payload.audio.data.nbytes == len(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = [tar.extractfile(m).read() for m in tar.getmembers()]  # type: ignore[union-attr]
+    assert [bytes(payload.audio[i]) for i in range(3)] == members
     assert abs(int(batch.waveforms[0, 100]) - 16384) <= 1  # 0.5 full scale
 
 

@@ -89,6 +89,24 @@ def test_packed_bytes_round_trip_out_of_band():
     assert len(PackedBytes.pack([])) == 0
 
 
+def test_views_of_one_buffer_travel_as_that_buffer():
+    """Members sliced from a tar read whole: the tar's bytes are the array, not a copy."""
+    whole = os.urandom(4096)
+    view = memoryview(whole)
+    items = [view[512:1700], view[2048:2048], view[2048:4000], view[100:200]]
+    packed = PackedBytes.pack(items)
+    assert np.shares_memory(packed.data, np.frombuffer(whole, np.uint8)) and packed.data.nbytes == 4096
+    assert [bytes(packed[i]) for i in range(len(items))] == [bytes(v) for v in items]
+    buffers: list[pickle.PickleBuffer] = []
+    back = pickle.loads(pickle.dumps(packed, protocol=5, buffer_callback=buffers.append), buffers=buffers)
+    assert [bytes(back[i]) for i in range(len(items))] == [bytes(v) for v in items]
+    # Views of two buffers, or bytes among the views: joined into one new buffer as before.
+    for mixed in ([view[0:10], memoryview(os.urandom(20))], [view[0:10], b"abc"]):
+        joined = PackedBytes.pack(mixed)
+        assert not np.shares_memory(joined.data, np.frombuffer(whole, np.uint8))
+        assert [bytes(joined[i]) for i in range(2)] == [bytes(m) for m in mixed]
+
+
 def test_sample_json_is_the_records_fields_sorted_and_compact():
     # The member's bytes are part of the byte-identical-shards guarantee: they must be the
     # canonical encoding of every field, nested ones included (tuples as lists).
