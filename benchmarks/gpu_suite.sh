@@ -140,7 +140,7 @@ for what in "$@"; do
                --repeats "${REPEATS:-1}" --results "$results" --name caption-count13 \
                e2e_full 2>&1 | tee "$results/caption-count13.log" ;;
     long14) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
-               --long-times 3 --long-levers "${LONG_LEVERS:-full,base_code}" --long-repeats "${LONG_REPEATS:-2}" \
+               --repeats "${REPEATS:-1}" --long-times 3 --long-levers "${LONG_LEVERS:-full,base_code}" --long-repeats "${LONG_REPEATS:-2}" \
                --results "$results" --name "caption-long14${NAME_SUFFIX:-}" ${WHAT:-e2e_long} 2>&1 \
                | tee "$results/caption-long14${NAME_SUFFIX:-}.log" ;;
     none7) python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \

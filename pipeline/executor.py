@@ -273,17 +273,6 @@ def decode_slots(cpus: float, n_actors: int, actor_cpus: float, decode_cpus: flo
     return max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
 
 
-def decode_spec_for(decode: DecodeSpec, units_left: int, slots: int) -> DecodeSpec:
-    """The decode spec of a unit with ``units_left`` more behind it: the last wave (fewer
-    left than there are decode slots) decodes on twice the threads. Its tasks then take up
-    the cores that finished slots leave idle while the last units decode (a run's last
-    tenth had 10-11 of 16 slots busy; benchmarks/RESULTS.md), and while every slot is still
-    busy they only share cores with tasks of their own priority."""
-    if units_left >= slots:
-        return decode
-    return replace(decode, threads=2 * decode.threads)
-
-
 def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
     resources = ray.cluster_resources()
     if settings.max_inflight:  # that many in the air, writing or not, decoding at two per slot
@@ -351,7 +340,6 @@ def run_units(
     n_actors = max(1, min(settings.actors, len(units)))
     actor_cpus = _actor_cpus(settings, n_actors)
     limits = _inflight_limits(settings, n_actors, actor_cpus)
-    slots = max(1, limits.decoding // UNDECODED_PER_SLOT)
     actor_cls = ray.remote(CaptionActor).options(
         num_gpus=settings.gpus_per_actor,
         num_cpus=actor_cpus,
@@ -394,8 +382,7 @@ def run_units(
         while pending or inflight:
             while pending and limits.admits(len(captioning), len(inflight) - len(captioning), flowing, len(decoding)):
                 unit, attempt = pending.popleft()
-                spec = decode_spec_for(decode, len(pending), slots)
-                refs: Any = prepare.remote(unit, spec, segments_ref, labels_ref, storage)
+                refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2
                 actor_index = next_actor % n_actors
                 next_actor += 1

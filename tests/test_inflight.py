@@ -4,15 +4,13 @@ never more than 80% of the object store holds (``STORE_FRACTION``), units being 
 included."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import _inflight_limits, decode_slots, decode_spec_for, inflight_limits
+from tagcap.pipeline.executor import _inflight_limits, decode_slots, inflight_limits
 from tagcap.pipeline.sample import write_sample
-from tagcap.schemas.work import DecodeSpec
 from tests.helpers import execution_settings, sample_config
 
 GB = 1 << 30
@@ -120,10 +118,3 @@ def test_store_fraction_from_the_environment(ray_local, monkeypatch):
     monkeypatch.setenv("TAGCAP_STORE_FRACTION", "most")
     with pytest.raises(ValueError, match="TAGCAP_STORE_FRACTION='most'"):
         _inflight_limits(settings, 1, 1.0)
-
-
-def test_the_last_wave_of_units_decodes_on_twice_the_threads():
-    spec = DecodeSpec(16000, 160000, "copy", 0.1, 30.0, 4000, 192000, 4096)
-    assert [decode_spec_for(spec, left, 16).threads for left in (100, 16, 15, 0)] == [1, 1, 2, 2]
-    two = replace(spec, threads=2)
-    assert decode_spec_for(two, 3, 16) == replace(spec, threads=4)
