@@ -602,10 +602,10 @@ def main() -> None:
     ap.add_argument("--long-repeats", type=int, default=1, help="for e2e_long: rounds of its levers")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
-    if "base_code" in {*args.levers.split(","), *args.long_levers.split(",")} and not os.path.isdir(
-        os.path.join(BASE_SITE, "tagcap")
-    ):
+    uses_base = "base_code" in {*args.levers.split(","), *args.long_levers.split(",")}
+    if uses_base and not os.path.isdir(os.path.join(BASE_SITE, "tagcap")):
         ap.error(f"the base_code lever needs an earlier tagcap installed under {BASE_SITE}")
+    base_commit = os.path.join(BASE_SITE, "BASE_COMMIT")
     what = set(args.what)
     if "all" in what:
         what = {"ceiling", "decode", "baseline", "e2e", "memory"}
@@ -619,6 +619,9 @@ def main() -> None:
         "batch": args.batch,
         "model": "tiny" if args.tiny else "blat",
     }
+    if uses_base and os.path.exists(base_commit):
+        with open(base_commit) as fh:
+            figures["base_code_commit"] = fh.read().strip()
     print(machine(), f"corpus {corpus.clips} clips, {corpus.bytes / 1e9:.2f} GB", flush=True)
     if "ceiling" in what:
         figures.update(ceiling(ckpt, sorted({128, args.batch, 2 * args.batch}), args.repeats, 4))

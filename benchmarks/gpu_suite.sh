@@ -21,7 +21,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/tagcap-*.
 rm -rf /tmp/site-base
 if compgen -G ".whl/base/tagcap-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site-base .whl/base/tagcap-*.whl
-  cp .whl/base/commit.txt "$results/base-commit.txt" 2>/dev/null || true
+  cp .whl/base/commit.txt /tmp/site-base/BASE_COMMIT 2>/dev/null || true
 fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp   # import the installed tagcap, not the checkout's folders

@@ -32,14 +32,27 @@ from dataclasses import asdict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DECODE_SPEC, Corpus, machine, make_corpus, write_results
 
-# name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs)
-SETTINGS = {"retain": ("1", "prepare"), "no_retain": ("0", "prepare"), "decode_only": ("1", "decode")}
+BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
+
+# name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs, tagcap from BASE_SITE)
+SETTINGS = {
+    "retain": ("1", "prepare", False),
+    "no_retain": ("0", "prepare", False),
+    "decode_only": ("1", "decode", False),
+    # The unit's outputs also serialised as Ray stores them (pickle 5, NumPy arrays out of
+    # band, each copied into one buffer allocated once, as the object store's memory is):
+    # the copies a decode task makes of its unit, into the store included.
+    "put": ("1", "prepare_put", False),
+    # The same with an earlier tagcap, installed under BASE_SITE (see caption_bench's
+    # base_code lever).
+    "base_put": ("1", "prepare_put", True),
+}
 
 # Runs in the child (without torch, as a decode worker): the unit ``units`` times through
 # the decode task's own function (or the ceiling's decode loop), with the benchmarks'
 # DecodeSpec.
 _CHILD = """
-import io, json, statistics, sys, tarfile, time
+import io, json, pickle, statistics, sys, tarfile, time
 from tagcap.pipeline.plan import plan_units
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.work import DecodeSpec
@@ -73,7 +86,25 @@ def prepare():
     return len(batch.keys)
 
 
-run = decode_only if what == "decode" else prepare
+store = None
+
+
+def prepare_put():
+    global store
+    batch, payload = prepare_unit(unit, spec, segments, labels, storage)
+    buffers = []
+    inline = [pickle.dumps(x, protocol=5, buffer_callback=buffers.append) for x in (batch, payload)]
+    size = sum(len(b) for b in inline) + sum(b.raw().nbytes for b in buffers)
+    if store is None or len(store) < size:
+        store = bytearray(2 * size)
+    view, at = memoryview(store), 0
+    for part in [*inline, *(b.raw() for b in buffers)]:
+        view[at : at + len(part)] = part
+        at += len(part)
+    return len(batch.keys)
+
+
+run = {"decode": decode_only, "prepare": prepare, "prepare_put": prepare_put}[what]
 times = []
 for _ in range(units):
     start = time.perf_counter()
@@ -93,8 +124,10 @@ def _transparent_hugepages() -> str:
 
 def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str) -> list[float]:
     """``procs`` children at once, each on its own tar: each one's ms per clip."""
-    retain, what = SETTINGS[setting]
+    retain, what, base = SETTINGS[setting]
     env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": retain}
+    if base:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, tar, corpus.segments, corpus.labels, str(units), spec, what],
@@ -142,6 +175,10 @@ def main() -> None:
         "clips_per_unit": 256,
         "units_per_process": args.units,
     }
+    marker = os.path.join(BASE_SITE, "BASE_COMMIT")
+    if any(SETTINGS[name][2] for name in settings) and os.path.exists(marker):
+        with open(marker) as fh:
+            figures["base_code_commit"] = fh.read().strip()
     for (name, n), values in per_clip.items():
         # One process: the names of the sessions before (prepare_retain_ms_per_clip).
         suffix = "" if n == 1 else f"_x{n}"
