@@ -3,8 +3,17 @@ import io
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments, seconds_to_ms
+from tagcap.schemas.audioset import (
+    LabelMap,
+    SegmentTable,
+    _parse_clean_segments,
+    _parse_segment_rows,
+    parse_segments,
+    seconds_to_ms,
+)
 from tests.conftest import shared_data
 
 
@@ -42,6 +51,67 @@ def test_google_original_shape_parses_to_the_same_table():
     assert ra.segments == rb.segments
     assert (rb.segments, rb.positive_labels) == (22160, 52882)
     assert a.equals(b)
+
+
+@pytest.mark.parametrize("shape", ["plain", "google"])
+def test_clean_files_parse_column_wise_to_the_row_parsers_table(shape):
+    plain = shared_data("audioset", "balanced_train_segments.csv").read_text()
+    text = plain if shape == "plain" else _google_shape(plain)
+    clean = _parse_clean_segments(text, "train")
+    assert clean is not None, "a clean file must not fall back to the row parser"
+    rows, report = _parse_segment_rows(text, "x", "train")
+    assert clean[0].equals(rows) and clean[1] == report.positive_labels == 52882
+
+
+_YTID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_ROWS = st.lists(
+    st.tuples(
+        st.text(_YTID_CHARS, min_size=11, max_size=11),
+        st.sampled_from(["30", "30.", "30.5", "30.000", "30.0005", "0", "030.25"]),
+        st.sampled_from(["40", "40.000", "10.5"]),
+        st.lists(st.sampled_from(["/m/09x0r", "/t/dd00088", " /m/x "]), min_size=1, max_size=3),
+        st.booleans(),  # a lone label quoted (several always are)
+    ),
+    max_size=8,
+)
+# One field of one row made into something the row parser reports or treats its own way.
+_BREAKS = st.one_of(
+    st.none(),  # three times in four: none
+    st.none(),
+    st.none(),
+    st.tuples(
+        st.integers(0, 7),
+        st.integers(0, 3),
+        st.sampled_from(["short", " --PJHxphWEs", "YTID", "", " 30", "3e1", "-1", "٣٠", "x,y", '"', "#c", "1" * 30]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=_ROWS,
+    broken=_BREAKS,
+    duplicate=st.integers(0, 3).map(lambda i: i == 0),
+    top=st.sampled_from(["", "YTID,start_seconds,end_seconds,positive_labels\n", "# made\n# YTID, start\n", "\n"]),
+    sep=st.sampled_from([",", ", "]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_the_column_parser_agrees_with_the_row_parser_or_leaves_it_the_file(rows, broken, duplicate, top, sep, newline):
+    """Whatever the text, ``parse_segments`` gives what the row-by-row parser gives: the
+    column-wise path takes only files it parses to the same table."""
+    fields = [
+        [y, a, b, f'"{",".join(labels)}"' if quoted or len(labels) > 1 else labels[0]]
+        for y, a, b, labels, quoted in rows
+    ]
+    if broken is not None and fields:
+        row, column, value = broken
+        fields[row % len(fields)][column] = value
+    if duplicate and fields:
+        fields.append(list(fields[0]))
+    text = top.replace("\n", newline) + newline.join(sep.join(f) for f in fields)
+    table, report = parse_segments(text, "x", "s")
+    expected, expected_report = _parse_segment_rows(text, "x", "s")
+    assert table.equals(expected) and report == expected_report
 
 
 def test_label_maps_from_csv_and_ontology_agree():

@@ -12,7 +12,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
+from tagcap.schemas.audioset import LabelMap, SegmentTable, _parse_segment_rows, parse_segments
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.work import DecodeSpec, WorkUnit
 from tagcap.workers.captioners.template import TemplateCaptioner
@@ -117,6 +117,8 @@ def test_hostile_tars_give_one_row_per_sample_and_write_only_under_out(items, cu
 def test_malformed_segment_csv_rows_never_raise(lines):
     table, report = parse_segments("\n".join(lines))
     assert table.num_rows == report.segments
+    rows, rows_report = _parse_segment_rows("\n".join(lines), "<segments>", "")
+    assert table.equals(rows) and report == rows_report
 
 
 def test_a_unit_travels_as_pcm16_at_its_most_common_rate(tmp_path):
