@@ -100,8 +100,9 @@ def test_views_of_one_buffer_travel_as_that_buffer():
     buffers: list[pickle.PickleBuffer] = []
     back = pickle.loads(pickle.dumps(packed, protocol=5, buffer_callback=buffers.append), buffers=buffers)
     assert [bytes(back[i]) for i in range(len(items))] == [bytes(v) for v in items]
-    # Views of two buffers, or bytes among the views: joined into one new buffer as before.
-    for mixed in ([view[0:10], memoryview(os.urandom(20))], [view[0:10], b"abc"]):
+    # Views of two buffers, bytes among the views, or views of a small part of the buffer:
+    # joined into one new buffer as before.
+    for mixed in ([view[0:10], memoryview(os.urandom(20))], [view[0:10], b"abc"], [view[0:10], view[100:2000]]):
         joined = PackedBytes.pack(mixed)
         assert not np.shares_memory(joined.data, np.frombuffer(whole, np.uint8))
         assert [bytes(joined[i]) for i in range(2)] == [bytes(m) for m in mixed]
