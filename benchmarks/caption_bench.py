@@ -48,10 +48,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
+    BASE_SITE,
     DECODE_SPEC,
     MODEL_RATE,
     RATE,
     TreeUsage,
+    base_code_commit,
+    base_code_env,
     blat_checkpoint,
     iter_clips,
     machine,
@@ -506,8 +509,6 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
     return {"disk_write_gb_per_s": round(gb * (1 << 30) / 1e9 / seconds, 3)}
 
 
-BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
-
 # Levers of the end-to-end run, each the default with one thing changed: flags, environment.
 LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
@@ -537,7 +538,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # The code before this session's changes, the same run otherwise: a tagcap installed
     # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
     # the path of the run and of every Ray process it starts.
-    "base_code": ((), {"PYTHONPATH": os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)}),
+    "base_code": ((), base_code_env()),
 }
 
 
@@ -605,7 +606,6 @@ def main() -> None:
     uses_base = "base_code" in {*args.levers.split(","), *args.long_levers.split(",")}
     if uses_base and not os.path.isdir(os.path.join(BASE_SITE, "tagcap")):
         ap.error(f"the base_code lever needs an earlier tagcap installed under {BASE_SITE}")
-    base_commit = os.path.join(BASE_SITE, "BASE_COMMIT")
     what = set(args.what)
     if "all" in what:
         what = {"ceiling", "decode", "baseline", "e2e", "memory"}
@@ -619,9 +619,8 @@ def main() -> None:
         "batch": args.batch,
         "model": "tiny" if args.tiny else "blat",
     }
-    if uses_base and os.path.exists(base_commit):
-        with open(base_commit) as fh:
-            figures["base_code_commit"] = fh.read().strip()
+    if uses_base:
+        figures["base_code_commit"] = base_code_commit()
     print(machine(), f"corpus {corpus.clips} clips, {corpus.bytes / 1e9:.2f} GB", flush=True)
     if "ceiling" in what:
         figures.update(ceiling(ckpt, sorted({128, args.batch, 2 * args.batch}), args.repeats, 4))

@@ -43,6 +43,26 @@ MODEL_RATE = 32000  # the BLAT captioner's
 DECODE_SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 384000, 1 << 20)
 
 
+# An earlier tagcap, installed here to run beside the current one (the base_code levers;
+# gpu_suite.sh installs .whl/base/ here and its commit as BASE_COMMIT).
+BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
+
+
+def base_code_env() -> dict[str, str]:
+    """The environment that makes a process and every Ray process it starts import the
+    tagcap under BASE_SITE instead of the current one."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)}
+
+
+def base_code_commit() -> str | None:
+    """The commit of the tagcap under BASE_SITE, where recorded."""
+    try:
+        with open(os.path.join(BASE_SITE, "BASE_COMMIT")) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {

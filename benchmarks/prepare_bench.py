@@ -30,9 +30,7 @@ import time
 from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DECODE_SPEC, Corpus, machine, make_corpus, write_results
-
-BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
+from common import DECODE_SPEC, Corpus, base_code_commit, base_code_env, machine, make_corpus, write_results
 
 # name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs, tagcap from BASE_SITE)
 SETTINGS = {
@@ -127,7 +125,7 @@ def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str
     retain, what, base = SETTINGS[setting]
     env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": retain}
     if base:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)
+        env.update(base_code_env())
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, tar, corpus.segments, corpus.labels, str(units), spec, what],
@@ -175,10 +173,8 @@ def main() -> None:
         "clips_per_unit": 256,
         "units_per_process": args.units,
     }
-    marker = os.path.join(BASE_SITE, "BASE_COMMIT")
-    if any(SETTINGS[name][2] for name in settings) and os.path.exists(marker):
-        with open(marker) as fh:
-            figures["base_code_commit"] = fh.read().strip()
+    if any(SETTINGS[name][2] for name in settings):
+        figures["base_code_commit"] = base_code_commit()
     for (name, n), values in per_clip.items():
         # One process: the names of the sessions before (prepare_retain_ms_per_clip).
         suffix = "" if n == 1 else f"_x{n}"

@@ -112,7 +112,7 @@ class PackedBytes:
     @classmethod
     def pack(cls, items: Sequence[bytes | memoryview]) -> PackedBytes:
         lengths = np.fromiter((len(b) for b in items), np.int64, len(items))
-        shared = _views_of_one_buffer(items)
+        shared = _views_of_one_buffer(items, lengths)
         if shared is not None:
             data, starts = shared
             return cls(data, starts, lengths)
@@ -128,8 +128,11 @@ class PackedBytes:
         return memoryview(self.data[start : start + int(self.lengths[i])].data)
 
 
-def _views_of_one_buffer(items: Sequence[bytes | memoryview]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the buffer, each item's start in it) where every item is a byte view of one buffer."""
+def _views_of_one_buffer(
+    items: Sequence[bytes | memoryview], lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the buffer, each item's start in it) where every item is a byte view of one buffer
+    and they make up at least half of it."""
     views = [v for v in items if isinstance(v, memoryview)]
     if not views or len(views) != len(items):
         return None
@@ -144,7 +147,6 @@ def _views_of_one_buffer(items: Sequence[bytes | memoryview]) -> tuple[np.ndarra
     starts = np.fromiter(
         (np.frombuffer(v, np.uint8).ctypes.data - origin if len(v) else 0 for v in views), np.int64, len(views)
     )
-    lengths = np.fromiter(map(len, views), np.int64, len(views))
     if (starts < 0).any() or (starts + lengths > len(data)).any() or 2 * int(lengths.sum()) < len(data):
         return None
     return data, starts
