@@ -56,6 +56,7 @@ from common import (
     base_code_commit,
     base_code_env,
     blat_checkpoint,
+    evict_from_page_cache,
     iter_clips,
     machine,
     make_corpus,
@@ -385,6 +386,7 @@ def e2e(
     peaks: list[dict[str, int]] = []
     cores: list[dict[str, float]] = []
     processes: list[dict[str, int]] = []
+    stages: list[dict[str, float]] = []
     for r in range(repeats):
         out = os.path.join(work, f"out-{tag}-{r}")
         shutil.rmtree(out, ignore_errors=True)
@@ -429,6 +431,8 @@ def e2e(
         written = sum(s["written"] for s in stats)
         if written != corpus.clips:
             raise RuntimeError(f"{written} of {corpus.clips} clips written")
+        stages.append(_stage_medians(stats))
+        print(f"e2e {tag} run {r}: median seconds per unit by stage {json.dumps(stages[-1])}", flush=True)
         # The timeline this benchmark asks for is its own instrumentation, not the run's work.
         dump = re.search(r"Ray timeline written in ([\d.]+) s", stderr)
         dumps.append(float(dump.group(1)) if dump else 0.0)
@@ -457,6 +461,7 @@ def e2e(
         f"e2e_{tag}_runs": [round(x, 1) for x in rates],
         f"e2e_{tag}_timeline_dump_s": dumps,
         f"e2e_{tag}_phases_s": phases,
+        f"e2e_{tag}_stage_seconds": stages,
         # Clips over the span from the first task's start to the last task's end: the run
         # without process start, Ray start and model load, with its fill and drain.
         f"e2e_{tag}_task_span_clips_per_s": round(
@@ -479,6 +484,15 @@ def e2e(
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
     }
+
+
+def _stage_medians(stats: list[dict[str, Any]]) -> dict[str, float]:
+    """Per stage of a unit (ShardStats.stage_seconds), the median over the run's units."""
+    by_stage: dict[str, list[float]] = {}
+    for s in stats:
+        for stage, seconds in s.get("stage_seconds", {}).items():
+            by_stage.setdefault(stage, []).append(seconds)
+    return {stage: round(statistics.median(v), 3) for stage, v in sorted(by_stage.items())}
 
 
 def _actor_start_lines() -> list[str]:
@@ -509,6 +523,8 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
     return {"disk_write_gb_per_s": round(gb * (1 << 30) / 1e9 / seconds, 3)}
 
 
+COLD_INPUT = "cold_input"
+
 # Levers of the end-to-end run, each the default with one thing changed: flags, environment.
 LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
@@ -535,6 +551,12 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "more_slots": (("--decode-cpus", "0.8"), {}),
     # Ray starting at most two worker processes at a time (its default: as many as CPUs).
     "startup2": ((), {"RAY_worker_maximum_startup_concurrency": "2"}),
+    # Ray's API server and autoscaler monitor started with the embedded Ray, as Ray does
+    # (tagcap skipped them from 2026-12-01's seventh session on).
+    "head_services": ((), {"TAGCAP_RAY_HEAD_SERVICES": "1"}),
+    # The input read from the disk, not the page cache (each run's input evicted from it
+    # first): what a corpus larger than memory sees. The same run otherwise.
+    COLD_INPUT: ((), {}),
     # The code before this session's changes, the same run otherwise: a tagcap installed
     # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
     # the path of the run and of every Ray process it starts.
@@ -652,6 +674,8 @@ def main() -> None:
         figures.update(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, "warmup"))
         for _ in range(args.repeats):
             for tag, (flags, env) in chosen.items():
+                if tag == COLD_INPUT:
+                    evict_from_page_cache(corpus.tars)
                 runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
         figures.update(_medians_of_runs(runs))
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
@@ -666,6 +690,8 @@ def main() -> None:
             for lever in args.long_levers.split(","):
                 flags, env = LEVERS[lever]
                 tag = "long" if lever == "full" else f"long_{lever}"
+                if lever == COLD_INPUT:
+                    evict_from_page_cache(long.tars)
                 long_runs.setdefault(tag, []).append(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
         figures.update(_medians_of_runs(long_runs))
         figures["caption_e2e_long_clips_per_s"] = figures.get("e2e_long_clips_per_s")

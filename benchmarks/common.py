@@ -179,6 +179,18 @@ def repeat_corpus(corpus: Corpus, root: str, times: int) -> Corpus:
     return Corpus(pattern, corpus.segments, corpus.labels, corpus.clips * times, len(tars), corpus.bytes * times, tars)
 
 
+def evict_from_page_cache(paths: list[str]) -> None:
+    """Drops the files' pages from the kernel's page cache (written back first), so the next
+    read comes from the disk, as a corpus larger than memory is read. No root needed."""
+    for path in dict.fromkeys(os.path.realpath(p) for p in paths):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def iter_clips(tars: list[str]) -> Iterator[tuple[str, bytes]]:
     for path in tars:
         with tarfile.open(path) as tar:

@@ -82,7 +82,13 @@ def seconds_to_ms(text: str) -> int:
     if not whole.isdigit() or (frac and not frac.isdigit()):
         raise ValueError(f"bad seconds value {text!r}")
     frac = (frac + "000")[:3]
-    return int(whole) * 1000 + int(frac)
+    ms = int(whole) * 1000 + int(frac)
+    if ms > _MAX_MS:  # the table holds int64 milliseconds
+        raise ValueError(f"seconds value {text!r} out of range")
+    return ms
+
+
+_MAX_MS = 2**63 - 1
 
 
 def _rows(text: str) -> Iterable[tuple[int, list[str]]]:

@@ -116,7 +116,15 @@ class SampleRecord:
 @dataclass
 class ShardStats:
     """``OUT/<shard>.stats.json``. Written last of a shard's files: its presence marks the
-    shard committed."""
+    shard committed.
+
+    ``seconds`` runs from the unit's submission to its commit; ``stage_seconds`` splits it:
+    ``pending`` (until its decode task started), ``read`` (the decode task reading the
+    unit's input into samples), ``decode`` (joining tags, decoding, packing), ``queued``
+    (from the decode task's end to the write task's start: captioning, and waiting for the
+    captioner or a worker) and ``write``; besides, ``prepare_cpu``: the CPU seconds of the
+    decode task's process over read and decode (well below their sum: it waited on
+    storage, or for a core)."""
 
     shard: str
     source: str
@@ -127,6 +135,8 @@ class ShardStats:
     clips_per_second: float = 0.0
     tar_bytes: int = 0
     finished_at: float = 0.0  # unix seconds when the shard was committed (throughput over time)
+    # Empty in stats written before tagcap recorded them.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     @property

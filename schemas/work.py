@@ -9,7 +9,7 @@ store, and the error records of samples that fell out along the way).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -161,6 +161,9 @@ class UnitPayload:
     audio: PackedBytes  # aligned with samples; empty for --audio none
     errors: list[ErrorRecord]
     samples_in: int  # every input sample seen, good or bad
+    # The decode task's part of ShardStats.stage_seconds, and when it finished (unix seconds).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    prepared_at: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.samples) != len(self.audio):

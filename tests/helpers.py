@@ -102,6 +102,12 @@ def check_output(out: str, expected_inputs: int | None = None) -> Output:
     assert sum(s["written"] for s in o.stats.values()) == len(keys)
     assert sum(sum(s["failed"].values()) for s in o.stats.values()) == len(o.error_rows)
     assert len(keys) + len(o.error_rows) == total_in
+    for shard, st in o.stats.items():  # where each shard's time went, within its seconds
+        stages = st["stage_seconds"]
+        assert set(stages) == {"pending", "read", "decode", "prepare_cpu", "queued", "write"}, shard
+        assert min(stages.values()) >= 0 and stages["prepare_cpu"] > 0, (shard, stages)
+        elapsed = sum(t for stage, t in stages.items() if stage != "prepare_cpu")
+        assert abs(elapsed - st["seconds"]) <= 0.01, (shard, stages, st["seconds"])
     if expected_inputs is not None:
         assert total_in == expected_inputs
     assert not glob.glob(os.path.join(out, "**", "*.part"), recursive=True)

@@ -149,6 +149,16 @@ def test_seconds_are_exact_milliseconds():
     assert seconds_to_ms(" 12.3456") == 12345
     with pytest.raises(ValueError):
         seconds_to_ms("-1")
+    assert seconds_to_ms("9223372036854775.807") == 2**63 - 1  # the most int64 milliseconds hold
+    with pytest.raises(ValueError, match="out of range"):
+        seconds_to_ms("9223372036854775.808")
+
+
+def test_a_start_beyond_int64_milliseconds_is_a_malformed_row_not_a_crash():
+    text = "aaaaaaaaaaa,111111111111111111111111111111,40,/m/a\nbbbbbbbbbbb,30,40,/m/b\n"
+    table, report = parse_segments(text, "x.csv")
+    assert table.column("ytid").to_pylist() == ["bbbbbbbbbbb"]
+    assert report.malformed == ["line 1: seconds value '111111111111111111111111111111' out of range"]
 
 
 def test_segment_lookup_and_choice_by_start():

@@ -2,6 +2,7 @@
 without unpickling."""
 
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
+from tagcap.workers.models.checkpoint_files import read_weights
 from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.models.vocab import BOS, EOS, PAD, TagVocabulary, Vocabulary, tokenize
 from tagcap.workers.storage import Storage
@@ -136,6 +138,19 @@ def test_checkpoint_round_trip_never_unpickles(tmp_path, monkeypatch):
     assert loaded.sha256 == sha and loaded.captioner_id == f"blat-{sha[:16]}"
     wave = torch.randn(2, model.clip_samples) * 0.3
     assert loaded.model.generate(wave, [[0], [1]]).tokens == model.generate(wave, [[0], [1]]).tokens
+    assert not loaded.model.training
+    # The weights read on another thread while the model is built (as the BLAT captioner's
+    # actor does): the same model, the same digest; a read that failed fails the load.
+    with ThreadPoolExecutor(1) as pool:
+        ahead = load_captioner(
+            str(tmp_path / "ckpt"), Storage(), "cpu", pool.submit(read_weights, str(tmp_path / "ckpt"), Storage())
+        )
+        missing = pool.submit(read_weights, str(tmp_path / "nowhere"), Storage())
+        with pytest.raises(FileNotFoundError):
+            load_captioner(str(tmp_path / "ckpt"), Storage(), "cpu", missing)
+    assert ahead.sha256 == sha
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(ahead.model.state_dict()[name], tensor), name
 
 
 def test_vocabulary():

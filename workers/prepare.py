@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,7 @@ def prepare_unit(
 ) -> tuple[ModelBatch, UnitPayload]:
     lower_priority(spec.niceness)
     retain_freed_memory()
+    started, cpu_started = time.perf_counter(), time.process_time()
     errors: list[ErrorRecord] = []
     pending: list[_Pending] = []
     samples_in = 0
@@ -198,6 +200,7 @@ def prepare_unit(
             continue
         pending.append(_Pending(raw, clip, audio[0], audio[1]))
 
+    read_s = time.perf_counter() - started
     found = segments.lookup(p.clip.ytid for p in pending)
     # Join first (cheap, in input order), then decode the joined clips, then assemble in
     # input order again, so error records keep the order of the input.
@@ -233,7 +236,20 @@ def prepare_unit(
         mids=[list(m.mids) for m in metas],
         keys=[m.key for m in metas],
     )
+    audio = PackedBytes.pack(stored)
+    finished = time.perf_counter()
+    stages = {
+        "read": read_s,
+        "decode": finished - started - read_s,
+        "prepare_cpu": time.process_time() - cpu_started,
+    }
     payload = UnitPayload(
-        unit=unit, samples=metas, audio=PackedBytes.pack(stored), errors=errors, samples_in=samples_in
+        unit=unit,
+        samples=metas,
+        audio=audio,
+        errors=errors,
+        samples_in=samples_in,
+        stage_seconds=stages,
+        prepared_at=time.time(),
     )
     return batch, payload

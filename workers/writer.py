@@ -121,6 +121,7 @@ def write_shard(
     if len(results) != len(payload.samples):
         raise ValueError(f"{len(results)} captions for {len(payload.samples)} samples")
     t0 = started if started is not None else time.time()
+    write_started = time.time()
     shard = payload.unit.shard
     errors: list[ErrorRecord] = list(payload.errors)
     index_rows: list[dict[str, Any]] = []
@@ -193,7 +194,14 @@ def write_shard(
     ]
     storage.publish_bytes(_table(index_rows, INDEX_SCHEMA), layout.index(shard))
     storage.publish_bytes(_table(error_rows, ERROR_SCHEMA), layout.errors(shard))
-    seconds = time.time() - t0
+    finished = time.time()
+    seconds = finished - t0
+    stages = dict(payload.stage_seconds)
+    if payload.prepared_at:
+        decode_started = payload.prepared_at - stages.get("read", 0.0) - stages.get("decode", 0.0)
+        stages["pending"] = max(0.0, decode_started - t0)
+        stages["queued"] = max(0.0, write_started - payload.prepared_at)
+    stages["write"] = finished - write_started
     stats = ShardStats(
         shard=shard,
         source=payload.unit.source,
@@ -203,7 +211,8 @@ def write_shard(
         seconds=round(seconds, 3),
         clips_per_second=round(payload.samples_in / seconds, 2) if seconds > 0 else 0.0,
         tar_bytes=tar_bytes,
-        finished_at=round(time.time(), 3),
+        finished_at=round(finished, 3),
+        stage_seconds={stage: round(t, 4) for stage, t in stages.items()},
     )
     if stats.written + stats.failed_total != stats.samples_in:
         raise AssertionError(f"shard {shard}: counts do not reconcile: {stats}")

@@ -14,11 +14,12 @@ actor that builds the captioner (torch costs a driver seconds of start and hundr
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.captioners.base import CaptionerInfo
-from tagcap.workers.models.checkpoint_files import captioner_id, read_config, weights_sha256
+from tagcap.workers.models.checkpoint_files import captioner_id, read_config, read_weights, weights_sha256
 from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.storage import Storage
 
@@ -73,12 +74,17 @@ class BlatCaptioner:
         )
 
     def __init__(self, config: dict[str, Any]):
-        from tagcap.workers.captioners.blat_runtime import BlatRuntime  # torch: the actor's only
-
         self.params = _params(config)
-        self.runtime: BlatRuntime = BlatRuntime(
-            config["target"], Storage(config.get("storage_options") or {}), self.params, _use_cuda_graphs(config)
-        )
+        storage = Storage(config.get("storage_options") or {})
+        # The weights (hundreds of MB) are read and hashed on a thread while torch imports
+        # and the model is built: an actor's start delays every caption of a run.
+        with ThreadPoolExecutor(1, thread_name_prefix="tagcap-weights") as pool:
+            weights = pool.submit(read_weights, config["target"], storage)
+            from tagcap.workers.captioners.blat_runtime import BlatRuntime  # torch: the actor's only
+
+            self.runtime: BlatRuntime = BlatRuntime(
+                config["target"], storage, self.params, _use_cuda_graphs(config), weights
+            )
         # From what was loaded (the weights are read and hashed once); the actor checks the
         # id against the one the driver recorded (see ``CaptionActor``).
         self.info = self._info(self.runtime.ckpt.model.cfg, self.runtime.ckpt.sha256, config)

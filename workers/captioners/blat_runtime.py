@@ -4,6 +4,7 @@ Options and description: ``blat``."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -13,14 +14,22 @@ from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import Generated
 from tagcap.workers.models.checkpoint import load_captioner
+from tagcap.workers.models.checkpoint_files import CheckpointWeights
 from tagcap.workers.storage import Storage
 
 
 class BlatRuntime:
-    def __init__(self, target: str, storage: Storage, params: dict[str, Any], cuda_graphs: bool):
+    def __init__(
+        self,
+        target: str,
+        storage: Storage,
+        params: dict[str, Any],
+        cuda_graphs: bool,
+        weights: Future[CheckpointWeights] | None = None,
+    ):
         self.params = params
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.ckpt = load_captioner(target, storage, self.device)
+        self.ckpt = load_captioner(target, storage, self.device, weights)
         self._cuda_graphs = self.device.type == "cuda" and cuda_graphs
         # Made by warm_up, which captures before any concurrent call; until then (or with
         # cuda_graphs off, or on a CPU) the search runs eagerly.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 from tagcap.schemas.layout import join_url
 from tagcap.workers.models.configs import CaptionerConfig
@@ -22,5 +23,18 @@ def read_config(url: str, storage: Storage) -> CaptionerConfig:
     return CaptionerConfig.from_dict(raw["model"])
 
 
+@dataclass(frozen=True)
+class CheckpointWeights:
+    """``model.safetensors`` as read, and its sha256 (which names the captioner)."""
+
+    data: bytes
+    sha256: str
+
+
+def read_weights(url: str, storage: Storage) -> CheckpointWeights:
+    data = storage.read_bytes(join_url(url, "model.safetensors"))
+    return CheckpointWeights(data, hashlib.sha256(data).hexdigest())
+
+
 def weights_sha256(url: str, storage: Storage) -> str:
-    return hashlib.sha256(storage.read_bytes(join_url(url, "model.safetensors"))).hexdigest()
+    return read_weights(url, storage).sha256
