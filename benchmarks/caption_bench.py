@@ -551,6 +551,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "more_slots": (("--decode-cpus", "0.8"), {}),
     # Ray starting at most two worker processes at a time (its default: as many as CPUs).
     "startup2": ((), {"RAY_worker_maximum_startup_concurrency": "2"}),
+    # Three caption calls at once in the captioner actor instead of two.
+    "three_calls": (("--actor-threads", "3"), {}),
     # Ray's API server and autoscaler monitor started with the embedded Ray, as Ray does
     # (tagcap skipped them from 2026-12-01's seventh session on).
     "head_services": ((), {"TAGCAP_RAY_HEAD_SERVICES": "1"}),
