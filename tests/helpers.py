@@ -118,6 +118,18 @@ def tar_digests(out: str) -> dict[str, str]:
     return {os.path.basename(p): _sha256(p) for p in sorted(glob.glob(os.path.join(out, "*.tar")))}
 
 
+# The smallest contrastive (CLAP) model the tests build: 1 s at 16 kHz, 32 mels, two blocks.
+TINY_CLAP = {
+    "clip_seconds": 1.0,
+    "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
+    "encoder": {"channels": [8, 16], "n_mels": 32, "dropout": 0.0},
+    "embed_dim": 32,
+}
+
+# The template captioner slowed down per call (tests/plugins.py), for runs to interrupt.
+SLOW_TEMPLATE = "tests.plugins:SlowTemplate"
+
+
 def sample_config(sample, out, **options) -> CaptionConfig:
     """A caption job over the generated sample (``tagcap sample``), progress off."""
     return CaptionConfig(
@@ -240,6 +252,18 @@ def ray_head(num_cpus: int = 2, dashboard_port: int | None = None) -> Iterator[t
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def start_caption(config: str, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    """``tagcap caption --config CONFIG`` in the background, in a session of its own (a test
+    can signal its whole process group), its stderr kept for the test to read."""
+    return subprocess.Popen(
+        tagcap_cmd("caption", "--config", str(config), *extra),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str, dict[str, str]]:
     """A `tagcap caption --config` file for the sample with the slowed-down template
     captioner, and an environment that sets how slow (TAGCAP_TEST_SLEEP does not change the
@@ -252,7 +276,7 @@ def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str,
                 "segments": sample.segments,
                 "labels": sample.labels,
                 "output": str(out),
-                "captioner": "tests.plugins:SlowTemplate",
+                "captioner": SLOW_TEMPLATE,
                 "captioner_options": {"sleep": 0},
                 "num_cpus": 2,
                 "object_store_memory": 80 * 1024 * 1024,

