@@ -63,6 +63,7 @@ from common import (
     repeat_corpus,
     write_results,
 )
+from tagcap.schemas.records import ShardStats, median_stage_seconds
 from tagcap.schemas.work import ModelBatch
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
@@ -488,11 +489,8 @@ def e2e(
 
 def _stage_medians(stats: list[dict[str, Any]]) -> dict[str, float]:
     """Per stage of a unit (ShardStats.stage_seconds), the median over the run's units."""
-    by_stage: dict[str, list[float]] = {}
-    for s in stats:
-        for stage, seconds in s.get("stage_seconds", {}).items():
-            by_stage.setdefault(stage, []).append(seconds)
-    return {stage: round(statistics.median(v), 3) for stage, v in sorted(by_stage.items())}
+    medians = median_stage_seconds(ShardStats.from_dict(s) for s in stats)
+    return {stage: round(seconds, 3) for stage, seconds in medians.items()}
 
 
 def _actor_start_lines() -> list[str]:

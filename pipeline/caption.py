@@ -26,6 +26,7 @@ from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.manifest import RunManifest
+from tagcap.schemas.records import median_stage_seconds
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
@@ -332,6 +333,9 @@ def _print_summary(
         f"this run: {clips_now} clips in {wall:.1f} s ({clips_now / wall if wall > 0 else 0:.1f} clips/s)",
         "time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()),
     ]
+    stages = median_stage_seconds(new_stats.values())
+    if stages:  # which stage this run's units waited on
+        lines.append("per shard, median: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()))
     if reasons:
         lines.append("failed by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
     for shard, reason in manifest.failed_shards.items():

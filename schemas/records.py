@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -148,6 +150,22 @@ class ShardStats:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ShardStats:
-        raw = json.loads(data)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        return cls(**known)
+        return cls.from_dict(json.loads(data))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ShardStats:
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+# The stages of ShardStats.stage_seconds, in the order a unit goes through them.
+STAGES = ("pending", "read", "decode", "prepare_cpu", "queued", "write")
+
+
+def median_stage_seconds(stats: Iterable[ShardStats]) -> dict[str, float]:
+    """Per stage, the median over the shards that recorded it (in STAGES order)."""
+    by_stage: dict[str, list[float]] = {}
+    for s in stats:
+        for stage, seconds in s.stage_seconds.items():
+            by_stage.setdefault(stage, []).append(seconds)
+    order = [stage for stage in STAGES if stage in by_stage] + sorted(set(by_stage) - set(STAGES))
+    return {stage: statistics.median(by_stage[stage]) for stage in order}

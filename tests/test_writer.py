@@ -6,6 +6,7 @@ import itertools
 import os
 import pickle
 import tarfile
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -133,3 +134,18 @@ def test_sample_json_is_the_records_fields_sorted_and_compact():
     canonical = json.dumps(asdict(record), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
     assert record.to_json_bytes() == canonical
     assert json.loads(record.to_json_bytes())["caption_meta"]["candidates"] == ["a dog barks", "a dog"]
+
+
+def test_stage_medians_follow_a_units_path_and_skip_stats_without_them():
+    from tagcap.schemas.records import ShardStats, median_stage_seconds
+
+    def stats(**stages):
+        return ShardStats(shard="000000", source="x", samples_in=1, written=1, stage_seconds=stages)
+
+    got = median_stage_seconds(
+        [stats(write=0.3, read=0.1, queued=2.0), stats(write=0.5, read=0.3, queued=4.0), stats(write=0.4), stats()]
+    )
+    assert list(got) == ["read", "queued", "write"]
+    assert got == {"read": 0.2, "queued": 3.0, "write": 0.4}
+    assert median_stage_seconds([stats()]) == {}
+    assert ShardStats.from_dict({**asdict(stats(read=1.0)), "unknown": 1}).stage_seconds == {"read": 1.0}
