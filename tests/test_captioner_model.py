@@ -1,6 +1,7 @@
 """The tag-guided captioner: generation agrees with a plain reference; checkpoints load
 without unpickling."""
 
+import hashlib
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tagcap.workers.captioners.blat import BlatCaptioner
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import TagGuidedCaptioner
 from tagcap.workers.models.checkpoint import load_captioner, save_captioner
-from tagcap.workers.models.checkpoint_files import read_weights
+from tagcap.workers.models.checkpoint_files import read_weights, weights_sha256
 from tagcap.workers.models.configs import CaptionerConfig
 from tagcap.workers.models.vocab import BOS, EOS, PAD, TagVocabulary, Vocabulary, tokenize
 from tagcap.workers.storage import Storage
@@ -160,3 +162,16 @@ def test_vocabulary():
     assert ids[0] == BOS and ids[-1] == EOS
     assert vocab.decode(ids) == "a dog <unk>"
     assert Vocabulary.from_json(vocab.to_json()).words == vocab.words
+
+
+def test_the_drivers_digest_reads_the_weights_in_chunks_and_names_a_missing_file(tmp_path):
+    vocab = Vocabulary.build(["a dog barks"], min_count=1)
+    tags = TagVocabulary(["/m/a"], ["A"])
+    folder = str(tmp_path / "ckpt")
+    sha = save_captioner(folder, tiny_model("prefix", vocab_size=len(vocab), n_tags=len(tags)), vocab, tags, Storage())
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    assert len(weights) > 3 * 1000  # several chunks of 1000 bytes
+    assert weights_sha256(folder, Storage(), chunk=1000) == sha == hashlib.sha256(weights).hexdigest()
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="checkpoint incomplete or missing"):
+        BlatCaptioner.describe(folder, {})
