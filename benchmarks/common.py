@@ -63,6 +63,13 @@ def base_code_commit() -> str | None:
         return None
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, from the kernel's VmHWM. (getrusage's maxrss
+    is no use in a child process: Linux carries the parent's peak over fork and exec.)"""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {

@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results
+from common import peak_rss_mb, write_results
 from tagcap.schemas.keys import make_key
 from tagcap.workers.audio import encode_flac
 
@@ -104,18 +103,25 @@ def _caption_args(paths: dict[str, str], out: str) -> list[str]:
 
 
 # -- probes, each run in a fresh process so its peak RSS is its own ------------------------
+# (from VmHWM: the probes' peaks in runs before 2026-12-01's seventh session came from
+# getrusage, which in a child reports at least the parent's RSS at the fork, here ~500 MB
+# with torch imported, so they read high and flat). A probe imports torch (common does)
+# where tagcap's driver does not: ``peak_growth_mb``, what the step itself added to the
+# process's peak, is the figure that says how the driver's memory grows.
 def probe_plan(args: list[str]) -> dict[str, float]:
     from tagcap.pipeline.caption import prepare_run
     from tagcap.pipeline.cli import build_parser, caption_config
 
     config = caption_config(build_parser().parse_args(["caption", *args]))
+    before = peak_rss_mb()
     t0 = time.perf_counter()
     prep = prepare_run(config)
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
         "units": len(prep.plan.units),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_growth_mb": peak_rss_mb() - before,
     }
 
 
@@ -125,6 +131,7 @@ def probe_resume_scan(out: str) -> dict[str, float]:
     from tagcap.workers.storage import Storage
 
     layout, storage = OutputLayout(out), Storage()
+    before = peak_rss_mb()
     t0 = time.perf_counter()
     done = committed_shards(layout, storage)
     scan = time.perf_counter() - t0
@@ -135,7 +142,8 @@ def probe_resume_scan(out: str) -> dict[str, float]:
         "scan_and_stats_seconds": total,
         "committed": len(done),
         "stats": len(stats),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_growth_mb": peak_rss_mb() - before,
     }
 
 
@@ -209,6 +217,7 @@ def main() -> None:
         plans = [_probe("plan", _caption_args(paths, out)) for _ in range(args.repeats)]
         entry["plan_seconds"] = _median(plans, "seconds")
         entry["plan_peak_rss_mb"] = _median(plans, "peak_rss_mb")
+        entry["plan_peak_growth_mb"] = _median(plans, "peak_growth_mb")
         if n in args.run_units:
             entry["run"] = _run_driver(_caption_args(paths, out))
             entry["resume"] = _run_driver(_caption_args(paths, out))
@@ -218,6 +227,7 @@ def main() -> None:
             entry["resume_scan_seconds"] = _median(scans, "scan_seconds")
             entry["resume_scan_and_stats_seconds"] = _median(scans, "scan_and_stats_seconds")
             entry["resume_scan_peak_rss_mb"] = _median(scans, "peak_rss_mb")
+            entry["resume_scan_peak_growth_mb"] = _median(scans, "peak_growth_mb")
             entry["committed"] = scans[0]["committed"]
         figures["units"][str(n)] = entry
         print(f"{n} units: {json.dumps({k: v for k, v in entry.items() if k not in ('run', 'resume')})}", flush=True)
