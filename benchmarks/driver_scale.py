@@ -103,11 +103,10 @@ def _caption_args(paths: dict[str, str], out: str) -> list[str]:
 
 
 # -- probes, each run in a fresh process so its peak RSS is its own ------------------------
-# (from VmHWM: the probes' peaks in runs before 2026-12-01's seventh session came from
-# getrusage, which in a child reports at least the parent's RSS at the fork, here ~500 MB
-# with torch imported, so they read high and flat). A probe imports torch (common does)
-# where tagcap's driver does not: ``peak_growth_mb``, what the step itself added to the
-# process's peak, is the figure that says how the driver's memory grows.
+# (from VmHWM: getrusage's maxrss in a child starts at the parent's peak, which Linux
+# carries over fork and exec). A probe imports torch (through common) where tagcap's
+# driver does not, so its total peak is mostly torch: ``peak_growth_mb``, what the step
+# itself added to the process's peak, says how the driver's memory grows.
 def probe_plan(args: list[str]) -> dict[str, float]:
     from tagcap.pipeline.caption import prepare_run
     from tagcap.pipeline.cli import build_parser, caption_config
