@@ -53,8 +53,10 @@ def _without_idle_head_services() -> Iterator[None]:
     The API server is a Python process serving the dashboard, the job and state APIs and,
     without the dashboard, only usage statistics; ``ray.init`` waits until it has
     registered. The monitor scales a cluster that here has one fixed node, and at shutdown
-    ignores SIGTERM until Ray's one-second grace period kills it. On the 2-core machine
-    they were 1-1.7 s of ``ray.init``'s 3.3-3.9 s and 1.0 s of ``ray.shutdown``'s 1.4 s.
+    ignores SIGTERM until Ray's one-second grace period kills it. Without them the session
+    opened in 2.15 s instead of 3.88 s and closed in 0.37 s instead of 1.41 s on the 2-core
+    machine (medians of 5, ``benchmarks/ray_start_bench.py``), and a 61,440-clip run's Ray
+    start and stop took a second less each on the GPU host (benchmarks/RESULTS.md).
 
     They are skipped by replacing those two steps of Ray's private ``Node`` class for the
     duration of ``ray.init`` (Ray has no option for it). Where a Ray release lacks either
