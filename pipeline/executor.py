@@ -28,7 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
-from tagcap.schemas.work import CaptionResult, DecodeSpec, ModelBatch, UnitPayload, WorkUnit
+from tagcap.schemas.work import CaptionedUnit, CaptionResult, DecodeSpec, ModelBatch, UnitPayload, WorkUnit
 from tagcap.workers.captioners import build
 from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
 from tagcap.workers.cuda_runtime import DEFAULT_SYNC
@@ -45,13 +45,14 @@ def _prepare(unit: WorkUnit, spec: DecodeSpec, segments: SegmentTable, labels: L
 @ray.remote
 def _write(
     payload: UnitPayload,
-    results: list[CaptionResult],
+    captioned: CaptionedUnit,
     layout: OutputLayout,
     storage: Storage,
     provenance: ProvenanceInfo,
     started: float,
 ) -> ShardStats:
-    return write_shard(payload, results, layout, storage, provenance, started)
+    window = (captioned.started_at, captioned.finished_at)
+    return write_shard(payload, captioned.results, layout, storage, provenance, started, window)
 
 
 @dataclass
@@ -130,17 +131,18 @@ class CaptionActor:
     def info(self) -> CaptionerInfo:
         return self.captioner.info
 
-    def caption(self, batch: ModelBatch) -> list[CaptionResult]:
+    def caption(self, batch: ModelBatch) -> CaptionedUnit:
+        started = time.time()
         results = caption_in_batches(self.captioner, batch, self.batch_size)
-        if self.filter is None:
-            return results
-        filtered: list[CaptionResult] = []
-        for start in range(0, len(batch), self.batch_size):
-            part = batch.slice(start, start + self.batch_size)
-            filtered.extend(
-                self.filter.apply(results[start : start + len(part)], part.waveforms, part.sample_rate, part.tags)
-            )
-        return filtered
+        if self.filter is not None:
+            filtered: list[CaptionResult] = []
+            for start in range(0, len(batch), self.batch_size):
+                part = batch.slice(start, start + self.batch_size)
+                filtered.extend(
+                    self.filter.apply(results[start : start + len(part)], part.waveforms, part.sample_rate, part.tags)
+                )
+            results = filtered
+        return CaptionedUnit(results, started, time.time())
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -122,11 +122,13 @@ class ShardStats:
 
     ``seconds`` runs from the unit's submission to its commit; ``stage_seconds`` splits it:
     ``pending`` (until its decode task started), ``read`` (the decode task reading the
-    unit's input into samples), ``decode`` (joining tags, decoding, packing), ``queued``
-    (from the decode task's end to the write task's start: captioning, and waiting for the
-    captioner or a worker) and ``write``; besides, ``prepare_cpu``: the CPU seconds of the
-    decode task's process over read and decode (well below their sum: it waited on
-    storage, or for a core)."""
+    unit's input into samples), ``decode`` (joining tags, decoding, packing),
+    ``to_captioner`` (decoded, until its caption call started: the captioner busy with
+    other units), ``caption`` (the call), ``to_writer`` (until its write task started) and
+    ``write``; besides, ``prepare_cpu``: the CPU seconds of the decode task's process over
+    read and decode (well below their sum: it waited on storage, or for a core). Where the
+    caption call's times are not known, ``queued`` stands for the three between decode and
+    write (and so in stats of tagcap 2026-12-01 before its seventh session's last change)."""
 
     shard: str
     source: str
@@ -158,7 +160,7 @@ class ShardStats:
 
 
 # The stages of ShardStats.stage_seconds, in the order a unit goes through them.
-STAGES = ("pending", "read", "decode", "prepare_cpu", "queued", "write")
+STAGES = ("pending", "read", "decode", "prepare_cpu", "queued", "to_captioner", "caption", "to_writer", "write")
 
 
 def median_stage_seconds(stats: Iterable[ShardStats]) -> dict[str, float]:

@@ -179,3 +179,13 @@ class CaptionResult:
     candidates: tuple[str, ...] = ()
     score: float | None = None  # filter score (audio-text similarity), when a filter ran
     error: str | None = None
+
+
+@dataclass
+class CaptionedUnit:
+    """A caption call's answer: the results in the unit's order, and when the call ran (unix
+    seconds, by the captioner's clock), which the writer records as the unit's stages."""
+
+    results: list[CaptionResult]
+    started_at: float
+    finished_at: float

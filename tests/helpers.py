@@ -104,7 +104,16 @@ def check_output(out: str, expected_inputs: int | None = None) -> Output:
     assert len(keys) + len(o.error_rows) == total_in
     for shard, st in o.stats.items():  # where each shard's time went, within its seconds
         stages = st["stage_seconds"]
-        assert set(stages) == {"pending", "read", "decode", "prepare_cpu", "queued", "write"}, shard
+        assert set(stages) == {
+            "pending",
+            "read",
+            "decode",
+            "prepare_cpu",
+            "to_captioner",
+            "caption",
+            "to_writer",
+            "write",
+        }, shard
         assert min(stages.values()) >= 0 and stages["prepare_cpu"] > 0, (shard, stages)
         elapsed = sum(t for stage, t in stages.items() if stage != "prepare_cpu")
         assert abs(elapsed - st["seconds"]) <= 0.01, (shard, stages, st["seconds"])

@@ -117,7 +117,11 @@ def write_shard(
     storage: Storage,
     provenance: ProvenanceInfo,
     started: float | None = None,
+    caption_window: tuple[float, float] | None = None,
 ) -> ShardStats:
+    """Writes the shard's tar, index and errors, then its stats (the completion marker).
+    ``started``: when the unit was submitted; ``caption_window``: when its caption call ran
+    (both unix seconds), for the stats' stage seconds."""
     if len(results) != len(payload.samples):
         raise ValueError(f"{len(results)} captions for {len(payload.samples)} samples")
     t0 = started if started is not None else time.time()
@@ -200,7 +204,13 @@ def write_shard(
     if payload.prepared_at:
         decode_started = payload.prepared_at - stages.get("read", 0.0) - stages.get("decode", 0.0)
         stages["pending"] = max(0.0, decode_started - t0)
-        stages["queued"] = max(0.0, write_started - payload.prepared_at)
+        if caption_window is None:
+            stages["queued"] = max(0.0, write_started - payload.prepared_at)
+        else:
+            caption_started, caption_finished = caption_window
+            stages["to_captioner"] = max(0.0, caption_started - payload.prepared_at)
+            stages["caption"] = max(0.0, caption_finished - caption_started)
+            stages["to_writer"] = max(0.0, write_started - caption_finished)
     stages["write"] = finished - write_started
     stats = ShardStats(
         shard=shard,
