@@ -165,13 +165,26 @@ def _shared_pcm(batch: int) -> np.ndarray:
     return pcm
 
 
+def _captioner_and_unit(ckpt_dir: str, pcm: np.ndarray) -> tuple[Any, ModelBatch]:
+    """The BLAT-size captioner, warmed up for the batch, and a unit of ``pcm`` (48 kHz
+    int16, one row per clip) with 1-4 of its tags per clip."""
+    from tagcap.workers.captioners import build
+
+    batch = pcm.shape[0]
+    captioner = build(f"blat:{ckpt_dir}", {})
+    captioner.warm_up(batch)
+    rng = np.random.default_rng(2)
+    known = list(captioner.runtime.ckpt.tags.index)
+    rows = [[str(m) for m in rng.choice(known, rng.integers(1, 5), replace=False)] for _ in range(batch)]
+    return captioner, ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
+
+
 def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str, Any]:
     """(a) The copy alone: a unit's PCM (batch x 10 s x 48 kHz, int16) from shared memory to
     the GPU, pageable vs through the pinned buffer filled by 1, 2, 4 or 8 threads vs its own
     pages pinned in place; (b) the BLAT captioner as its actor runs it (host PCM in,
     captions out) with 1 and 2 calls at once, for each way of copying."""
     from tagcap.workers import model_input
-    from tagcap.workers.captioners import build
 
     if not torch.cuda.is_available():
         return {}
@@ -206,12 +219,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
     out["host_copy_registered_ms"] = copy_ms("register", 1)
     print("host copy", {k: v for k, v in out.items() if k.startswith("host_copy")}, flush=True)
 
-    captioner = build(f"blat:{ckpt_dir}", {})
-    captioner.warm_up(batch)
-    rng = np.random.default_rng(2)
-    known = list(captioner.runtime.ckpt.tags.index)
-    rows = [[str(m) for m in rng.choice(known, rng.integers(1, 5), replace=False)] for _ in range(batch)]
-    unit = ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
+    captioner, unit = _captioner_and_unit(ckpt_dir, pcm)
 
     def rate(staging: str, threads: int) -> float:
         use(staging, threads_default)
@@ -259,17 +267,10 @@ def captioner_beside_decoding(
     rate in a run (2,150-2,260 clips/s in the seventh session's runs, 2,834 alone)."""
     import multiprocessing
 
-    from tagcap.workers.captioners import build
-
     if not torch.cuda.is_available():
         return {}
     pcm = _shared_pcm(batch)
-    captioner = build(f"blat:{ckpt_dir}", {})
-    captioner.warm_up(batch)
-    rng = np.random.default_rng(2)
-    known = list(captioner.runtime.ckpt.tags.index)
-    rows = [[str(m) for m in rng.choice(known, rng.integers(1, 5), replace=False)] for _ in range(batch)]
-    unit = ModelBatch(pcm, RATE, [["x"]] * batch, rows, [f"k{i}" for i in range(batch)])
+    captioner, unit = _captioner_and_unit(ckpt_dir, pcm)
     captioner(unit)  # warm
 
     def rate(threads: int) -> float:
