@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +24,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BASE_SITE, base_code_commit, base_code_env, blat_checkpoint, write_results
+from common import (
+    BASE_SITE,
+    base_code_commit,
+    base_code_env,
+    blat_checkpoint,
+    medians_by_setting,
+    run_child,
+    write_results,
+)
 
 _CHILD = """
 import json, sys, time
@@ -48,17 +55,8 @@ SETTINGS = {"current": {}, "base_code": base_code_env()}
 
 
 def _start_once(ckpt: str, env: dict[str, str]) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, ckpt, "1" if torch.cuda.is_available() else "0"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"actor start failed: {proc.stderr[-3000:]}")
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    said = re.search(r"ready in ([\d.]+) s \(load ([\d.]+) s, warm-up ([\d.]+) s", proc.stderr)
+    figures, stderr = run_child(_CHILD, [ckpt, "1" if torch.cuda.is_available() else "0"], env)
+    said = re.search(r"ready in ([\d.]+) s \(load ([\d.]+) s, warm-up ([\d.]+) s", stderr)
     if said:
         figures.update(ready_s=float(said.group(1)), load_s=float(said.group(2)), warm_up_s=float(said.group(3)))
     return figures
@@ -93,11 +91,7 @@ def main() -> None:
     figures: dict = {"busy_processes": args.busy, "repeats": args.repeats}
     if "base_code" in chosen:
         figures["base_code_commit"] = base_code_commit()
-    for name, results in runs.items():
-        for key in results[0]:
-            values = [r[key] for r in results if key in r]
-            figures[f"{name}_{key}"] = round(statistics.median(values), 3)
-            figures[f"{name}_{key}_runs"] = [round(v, 3) for v in values]
+    figures.update(medians_by_setting(runs))
     print(json.dumps(figures, indent=1))
     write_results(args.results, args.name, figures)
 

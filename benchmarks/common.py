@@ -12,6 +12,9 @@ import io
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -68,6 +71,31 @@ def peak_rss_mb() -> float:
     is no use in a child process: Linux carries the parent's peak over fork and exec.)"""
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+
+def run_child(code: str, args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """``python -c code args`` in a fresh process with ``env`` over this one's: the JSON
+    object its stdout ends with, and its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=600
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the child failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def medians_by_setting(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per setting and numeric figure of its runs: ``<setting>_<figure>``, the median, and
+    ``<setting>_<figure>_runs``, every run's value."""
+    figures: dict[str, Any] = {}
+    for name, results in runs.items():
+        for key, value in results[0].items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            values = [r[key] for r in results if key in r]
+            figures[f"{name}_{key}"] = round(statistics.median(values), 3)
+            figures[f"{name}_{key}_runs"] = [round(v, 3) for v in values]
+    return figures
 
 
 def machine() -> dict[str, Any]:

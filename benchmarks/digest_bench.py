@@ -10,14 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BASE_SITE, base_code_commit, base_code_env, blat_checkpoint, write_results
+from common import (
+    BASE_SITE,
+    base_code_commit,
+    base_code_env,
+    blat_checkpoint,
+    medians_by_setting,
+    run_child,
+    write_results,
+)
 
-# The peak from the kernel's VmHWM: getrusage's maxrss carries the parent's over the fork.
+# The peak from the kernel's VmHWM (as common.peak_rss_mb, written out: the child does not
+# import common, which imports torch): getrusage's maxrss carries the parent's over the fork.
 _CHILD = """
 import json, sys, time
 from tagcap.workers.models.checkpoint_files import weights_sha256
@@ -50,12 +57,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     for _ in range(args.repeats):
         for name, env in SETTINGS.items():
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, ckpt], capture_output=True, text=True, env={**os.environ, **env}
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[name].append(run_child(_CHILD, [ckpt], env)[0])
             print(f"{name}: {runs[name][-1]}", flush=True)
     if len({r["digest"] for results in runs.values() for r in results}) != 1:
         raise RuntimeError("the digests differ")
@@ -63,11 +65,7 @@ def main() -> None:
         "base_code_commit": base_code_commit(),
         "weights_mb": round(os.path.getsize(os.path.join(ckpt, "model.safetensors")) / 1e6, 1),
     }
-    for name, results in runs.items():
-        for key in ("seconds", "peak_rss_growth_mb"):
-            values = [r[key] for r in results]
-            figures[f"{name}_{key}"] = round(statistics.median(values), 3)
-            figures[f"{name}_{key}_runs"] = [round(v, 3) for v in values]
+    figures.update(medians_by_setting(runs))
     print(json.dumps(figures, indent=1))
     write_results(args.results, "digest", figures)
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results
+from common import medians_by_setting, run_child, write_results
 
 _CHILD = """
 import json, sys, time
@@ -48,23 +46,10 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
     for _ in range(args.repeats):
         for name, env in SETTINGS.items():
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, str(args.cpus)],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env},
-                timeout=300,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[name].append(run_child(_CHILD, [str(args.cpus)], {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env})[0])
             print(f"{name}: {runs[name][-1]}", flush=True)
     figures: dict = {"ray_cpus": args.cpus, "repeats": args.repeats}
-    for name, results in runs.items():
-        for key in results[0]:
-            values = [r[key] for r in results]
-            figures[f"{name}_{key}"] = round(statistics.median(values), 3)
-            figures[f"{name}_{key}_runs"] = [round(v, 3) for v in values]
+    figures.update(medians_by_setting(runs))
     print(json.dumps({k: v for k, v in figures.items() if not k.endswith("_runs")}, indent=1))
     write_results(args.results, "ray-start", figures)
 

@@ -75,6 +75,9 @@ class SegmentParseReport:
         )
 
 
+_MAX_MS = 2**63 - 1  # the segment table holds int64 milliseconds
+
+
 def seconds_to_ms(text: str) -> int:
     """Parse a seconds field ('30.000', '30', '30.5') into integer milliseconds exactly."""
     text = text.strip()
@@ -83,12 +86,9 @@ def seconds_to_ms(text: str) -> int:
         raise ValueError(f"bad seconds value {text!r}")
     frac = (frac + "000")[:3]
     ms = int(whole) * 1000 + int(frac)
-    if ms > _MAX_MS:  # the table holds int64 milliseconds
+    if ms > _MAX_MS:
         raise ValueError(f"seconds value {text!r} out of range")
     return ms
-
-
-_MAX_MS = 2**63 - 1
 
 
 def _rows(text: str) -> Iterable[tuple[int, list[str]]]:

@@ -149,3 +149,26 @@ def test_stage_medians_follow_a_units_path_and_skip_stats_without_them():
     assert got == {"read": 0.2, "queued": 3.0, "write": 0.4}
     assert median_stage_seconds([stats()]) == {}
     assert ShardStats.from_dict({**asdict(stats(read=1.0)), "unknown": 1}).stage_seconds == {"read": 1.0}
+
+
+def test_stage_seconds_split_a_units_time_and_never_go_below_zero():
+    from tagcap.schemas.work import UnitPayload, WorkUnit
+    from tagcap.workers.writer import stage_seconds
+
+    decoded = {"read": 0.5, "decode": 1.5, "prepare_cpu": 1.2}
+    payload = UnitPayload(
+        WorkUnit(0, "000000", "tar", ("x.tar",)), [], PackedBytes.pack([]), [], 0, dict(decoded), prepared_at=103.0
+    )
+    # Submitted at 100, decoded 101-103, captioned 104-106, written 106.5-107.
+    got = stage_seconds(payload, 100.0, (104.0, 106.0), 106.5, 107.0)
+    assert got == {**decoded, "pending": 1.0, "to_captioner": 1.0, "caption": 2.0, "to_writer": 0.5, "write": 0.5}
+    assert sum(v for k, v in got.items() if k != "prepare_cpu") == 107.0 - 100.0
+    # Without the caption call's times, one stage between decode and write.
+    got = stage_seconds(payload, 100.0, None, 106.5, 107.0)
+    assert got["queued"] == 3.5 and not {"to_captioner", "caption", "to_writer"} & set(got)
+    # The captioner's clock a little behind the decode worker's: no negative gap.
+    got = stage_seconds(payload, 100.0, (102.9, 106.0), 106.5, 107.0)
+    assert got["to_captioner"] == 0.0 and got["caption"] == pytest.approx(3.1)
+    # A payload made elsewhere (no decode times): only the write.
+    bare = UnitPayload(WorkUnit(0, "000000", "tar", ("x.tar",)), [], PackedBytes.pack([]), [], 0)
+    assert stage_seconds(bare, 100.0, (104.0, 106.0), 106.5, 107.0) == {"write": 0.5}

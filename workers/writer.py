@@ -110,6 +110,31 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
+def stage_seconds(
+    payload: UnitPayload,
+    submitted: float,
+    caption_window: tuple[float, float] | None,
+    write_started: float,
+    write_finished: float,
+) -> dict[str, float]:
+    """ShardStats.stage_seconds from the decode task's part and the unix times the unit was
+    submitted, captioned and written. Times come from the clocks of the nodes that did the
+    work, so a gap is never below zero (clocks a little apart on a cluster)."""
+    stages = dict(payload.stage_seconds)
+    if payload.prepared_at:
+        decode_started = payload.prepared_at - stages.get("read", 0.0) - stages.get("decode", 0.0)
+        stages["pending"] = max(0.0, decode_started - submitted)
+        if caption_window is None:
+            stages["queued"] = max(0.0, write_started - payload.prepared_at)
+        else:
+            caption_started, caption_finished = caption_window
+            stages["to_captioner"] = max(0.0, caption_started - payload.prepared_at)
+            stages["caption"] = max(0.0, caption_finished - caption_started)
+            stages["to_writer"] = max(0.0, write_started - caption_finished)
+    stages["write"] = write_finished - write_started
+    return stages
+
+
 def write_shard(
     payload: UnitPayload,
     results: list[CaptionResult],
@@ -200,18 +225,7 @@ def write_shard(
     storage.publish_bytes(_table(error_rows, ERROR_SCHEMA), layout.errors(shard))
     finished = time.time()
     seconds = finished - t0
-    stages = dict(payload.stage_seconds)
-    if payload.prepared_at:
-        decode_started = payload.prepared_at - stages.get("read", 0.0) - stages.get("decode", 0.0)
-        stages["pending"] = max(0.0, decode_started - t0)
-        if caption_window is None:
-            stages["queued"] = max(0.0, write_started - payload.prepared_at)
-        else:
-            caption_started, caption_finished = caption_window
-            stages["to_captioner"] = max(0.0, caption_started - payload.prepared_at)
-            stages["caption"] = max(0.0, caption_finished - caption_started)
-            stages["to_writer"] = max(0.0, write_started - caption_finished)
-    stages["write"] = finished - write_started
+    stages = stage_seconds(payload, t0, caption_window, write_started, finished)
     stats = ShardStats(
         shard=shard,
         source=payload.unit.source,
