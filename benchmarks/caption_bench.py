@@ -16,6 +16,8 @@
   calls at once, as its actor runs it.
 * ``host_input_busy``: the captioner fed from host PCM alone and beside a decode process
   per core (nice 10), round by round.
+* ``host_input_fresh``: the captioner fed from host PCM on one unit's pages again and again
+  against units whose pages the process maps for the first time (as a run's actor does).
 * ``e2e``: ``tagcap caption --captioner blat:...`` on the embedded Ray with every core and
   the GPU; peak private memory of the driver and of each kind of worker. Its rate leaves
   out the time Ray takes to write the timeline the benchmark asks for.
@@ -67,13 +69,14 @@ from common import (
 )
 from tagcap.schemas.records import ShardStats, median_stage_seconds
 from tagcap.schemas.work import ModelBatch
+from tagcap.workers import call_trace
 from tagcap.workers.audio import _read_soundfile, decode_clip, fit_length, read_mono, resample, to_pcm16
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.storage import Storage
-from timeline import summarize_timeline
+from timeline import summarize_calls, summarize_timeline
 
 SPEC = DECODE_SPEC
 
@@ -311,6 +314,70 @@ def captioner_beside_decoding(
     return out
 
 
+def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int = 8) -> dict[str, Any]:
+    """The captioner fed from host PCM, 2 calls at once, on one unit's pages again and again
+    (as ``host_input`` measures it) against units whose pages this process maps for the
+    first time, as a run's actor maps each unit a decode task wrote into Ray's object store:
+    whether faulting in and pinning fresh pages explains the captioner's lower rate in a
+    run. Also the copy alone (``model_waveforms``) on either."""
+    if not torch.cuda.is_available():
+        return {}
+    device = torch.device("cuda")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    rng = np.random.default_rng(3)
+    block = (rng.standard_normal((batch, RATE * 10)) * 3000).astype(np.int16).tobytes()
+    paths = []
+    for i in range(units):  # written through a file descriptor: in memory, mapped by nobody
+        fd, path = tempfile.mkstemp(dir=shm, prefix=f"tagcap-fresh-{i}-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(block)
+        paths.append(path)
+    pcm = _shared_pcm(batch)
+    captioner, unit = _captioner_and_unit(ckpt_dir, pcm)
+    captioner(unit)  # warm
+
+    def fresh_units() -> list[ModelBatch]:
+        return [
+            ModelBatch(np.memmap(p, dtype=np.int16, mode="r+", shape=pcm.shape), RATE, unit.tags, unit.mids, unit.keys)
+            for p in paths
+        ]
+
+    def rate(of: list[ModelBatch]) -> float:
+        _sync()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(captioner, of))
+        _sync()
+        return batch * len(of) / (time.perf_counter() - start)
+
+    def copy_ms(of: list[ModelBatch]) -> float:
+        times = []
+        for u in of:
+            _sync()
+            start = time.perf_counter()
+            model_waveforms(u.waveforms, RATE, MODEL_RATE, MODEL_RATE * 10, device)
+            _sync()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    runs: dict[str, list[float]] = {}
+    try:
+        for _ in range(repeats):
+            runs.setdefault("fresh_pages_copy_ms", []).append(copy_ms(fresh_units()))
+            runs.setdefault("same_pages_copy_ms", []).append(copy_ms([unit] * units))
+            runs.setdefault("actor_host_fresh_pages_2calls_clips_per_s", []).append(rate(fresh_units()))
+            runs.setdefault("actor_host_same_pages_2calls_clips_per_s", []).append(rate([unit] * units))
+    finally:
+        for path in paths:
+            os.unlink(path)
+    out: dict[str, Any] = {}
+    for key, values in runs.items():
+        out[key] = round(statistics.median(values), 1)
+        out[f"{key}_runs"] = [round(v, 1) for v in values]
+        print("captioner on fresh pages", key, out[key], out[f"{key}_runs"], flush=True)
+    return out
+
+
 # -- decode ceiling -------------------------------------------------------------------------
 def _decode_pcm(blob: bytes, pcm16: bool = True) -> int:
     """tagcap's decode task per clip: straight to int16 (``pcm16``), or the earlier path
@@ -463,6 +530,7 @@ def e2e(
     cores: list[dict[str, float]] = []
     processes: list[dict[str, int]] = []
     stages: list[dict[str, float]] = []
+    calls: list[dict[str, Any]] = []
     for r in range(repeats):
         out = os.path.join(work, f"out-{tag}-{r}")
         shutil.rmtree(out, ignore_errors=True)
@@ -491,7 +559,10 @@ def e2e(
         if torch.cuda.is_available():
             cmd += ["--gpus-per-actor", str(gpus_per_actor)]
         timeline = os.path.join(work, f"timeline-{tag}-{r}.json")
-        env = {**os.environ, **(extra_env or {}), "TAGCAP_RAY_TIMELINE": timeline}
+        trace = os.path.join(work, f"calls-{tag}-{r}")
+        shutil.rmtree(trace, ignore_errors=True)
+        os.makedirs(trace)
+        env = {**os.environ, **(extra_env or {}), "TAGCAP_RAY_TIMELINE": timeline, "TAGCAP_CALL_TRACE": trace}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with TreeUsage(proc.pid) as usage:
@@ -529,6 +600,8 @@ def e2e(
             flush=True,
         )
         print(f"e2e {tag} run {r}: {_actor_start_lines()}", flush=True)
+        calls.append(summarize_calls(call_trace.read(trace)))
+        print(f"e2e {tag} run {r}: caption calls {json.dumps(calls[-1])}", flush=True)
         print(stderr[-1500:], flush=True)
         shutil.rmtree(out, ignore_errors=True)
     peak = {role: max(p.get(role, 0) for p in peaks) for role in set().union(*peaks)}
@@ -538,6 +611,7 @@ def e2e(
         f"e2e_{tag}_timeline_dump_s": dumps,
         f"e2e_{tag}_phases_s": phases,
         f"e2e_{tag}_stage_seconds": stages,
+        f"e2e_{tag}_caption_calls": calls,
         # Clips over the span from the first task's start to the last task's end: the run
         # without process start, Ray start and model load, with its fill and drain.
         f"e2e_{tag}_task_span_clips_per_s": round(
@@ -667,6 +741,7 @@ def main() -> None:
                 "ceiling",
                 "host_input",
                 "host_input_busy",
+                "host_input_fresh",
                 "decode",
                 "baseline",
                 "baseline_fast_decoder",
@@ -726,6 +801,8 @@ def main() -> None:
         figures.update(host_input(ckpt, args.batch, args.repeats, 8))
     if "host_input_busy" in what:
         figures.update(captioner_beside_decoding(ckpt, corpus.tars, args.batch, args.repeats, 8, cpus))
+    if "host_input_fresh" in what:
+        figures.update(captioner_on_fresh_pages(ckpt, args.batch, args.repeats))
     if "decode" in what:
         figures.update(decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus))
     if "e2e_inflight" in what:

@@ -4,6 +4,7 @@ tenth of the run (where fill, steady state and drain show)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections import defaultdict
@@ -82,3 +83,35 @@ def _busy_by_window(events: list[dict[str, Any]], start: float, end: float, wind
 def _overlap(event: dict[str, Any], lo: float, hi: float) -> float:
     """How long ``event`` ran inside [lo, hi] (microseconds)."""
     return max(0.0, min(event["ts"] + event["dur"], hi) - max(event["ts"], lo))
+
+
+def summarize_calls(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The captioner's calls as ``workers.call_trace`` recorded them in its actor: how
+    many, the clips per second from the first call's start to the last call's end, the
+    median seconds of a call and of each phase in it, and per calling thread the share of
+    that span it spent in calls and the median gap between its calls (time outside the
+    captioner: Ray handing results back and the next unit in, or no unit to caption)."""
+    if not calls:
+        return {}
+    ends = [c["began"] + sum(s for _, s in c["phases"]) for c in calls]
+    first, last = min(c["began"] for c in calls), max(ends)
+    span = max(last - first, 1e-9)
+    by_phase: dict[str, list[float]] = defaultdict(list)
+    by_thread: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
+    for call, end in zip(calls, ends, strict=True):
+        for phase, seconds in call["phases"]:
+            by_phase[phase].append(seconds)
+        by_thread[(call["pid"], call["thread"])].append((call["began"], end))
+    busy, gaps = [], []
+    for spans in by_thread.values():
+        spans.sort()
+        busy.append(round(sum(e - b for b, e in spans) / span, 3))
+        gaps += [b - e for (_, e), (b, _) in itertools.pairwise(spans)]
+    return {
+        "calls": len(calls),
+        "clips_per_s": round(sum(c["clips"] for c in calls) / span, 1),
+        "call_s_median": round(statistics.median(e - c["began"] for c, e in zip(calls, ends, strict=True)), 4),
+        "phase_s_median": {p: round(statistics.median(v), 4) for p, v in by_phase.items()},
+        "thread_busy": busy,
+        "gap_s_median": round(statistics.median(gaps), 4) if gaps else None,
+    }

@@ -2,6 +2,7 @@
 on those shards, then caption the sample and the ESC-50 clips with it."""
 
 import json
+import os
 
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.esc50 import pack_esc50
@@ -124,3 +125,33 @@ def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_call_trace_records_each_call_in_phases(tiny_checkpoint, tmp_path, monkeypatch):
+    """With TAGCAP_CALL_TRACE (here its module value) every caption call appends one line
+    of its phases, from two threads at once as the actor runs them; unset, nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from tagcap.schemas.work import ModelBatch
+    from tagcap.workers import call_trace
+    from tagcap.workers.captioners import build
+
+    captioner = build(f"blat:{tiny_checkpoint}", {})
+    pcm = (np.random.default_rng(0).standard_normal((3, captioner.info.sample_rate)) * 3000).astype(np.int16)
+    batch = ModelBatch(pcm, captioner.info.sample_rate, [["x"]] * 3, [["/m/09x0r"]] * 3, ["a", "b", "c"])
+    captioner(batch)
+    assert call_trace.FOLDER == "" and not list(tmp_path.iterdir())
+
+    monkeypatch.setattr(call_trace, "FOLDER", str(tmp_path))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: captioner(batch), range(4)))
+    calls = call_trace.read(str(tmp_path))
+    assert len(calls) == 4 and {c["clips"] for c in calls} == {3}
+    assert {c["pid"] for c in calls} == {os.getpid()}
+    for call in calls:
+        names = [name for name, _ in call["phases"]]
+        assert names == ["to_gpu", "encode", "tag_inputs", "search_inputs", "search", "results"]
+        assert all(seconds >= 0 for _, seconds in call["phases"])
+    assert [c["began"] for c in calls] == sorted(c["began"] for c in calls)

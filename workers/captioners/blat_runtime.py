@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers import call_trace
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.captioner import Generated
@@ -61,8 +62,11 @@ class BlatRuntime:
 
     def caption(self, batch: ModelBatch, model_rate: int, clip_samples: int) -> list[CaptionResult]:
         vocab = self.ckpt.vocab
+        call_trace.begin(len(batch))
         wave = model_waveforms(batch.waveforms, batch.sample_rate, model_rate, clip_samples, self.device)
+        call_trace.mark("to_gpu")
         out = self._generate(wave, [self.ckpt.tags.indices(m) for m in batch.mids])
+        call_trace.mark("search")
         results = []
         for hyps, scores in zip(out.tokens, out.scores, strict=True):
             texts = [vocab.decode(h) for h in hyps]
@@ -76,4 +80,6 @@ class BlatRuntime:
                     candidates=tuple(texts[: self.params["candidates"]]),
                 )
             )
+        call_trace.mark("results")
+        call_trace.end()
         return results

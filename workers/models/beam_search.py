@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from tagcap.workers import call_trace
 from tagcap.workers.models.vocab import BOS, EOS, PAD
 
 if TYPE_CHECKING:
@@ -224,6 +225,7 @@ class GraphCache:
         """Token rows and scores of the replayed search; None where a frozen cache lacks
         the shape."""
         with self._lock:
+            call_trace.mark("search_turn")
             captured = self._graphs.get(shape)
             if captured is None:
                 if self.frozen:

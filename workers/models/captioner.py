@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagcap.workers import call_trace
 from tagcap.workers.models.beam_search import GraphCache, SearchShape, initial_state, run_search
 from tagcap.workers.models.cnn14 import CNN14Encoder
 from tagcap.workers.models.configs import CaptionerConfig
@@ -230,7 +231,9 @@ class TagGuidedCaptioner(nn.Module):
         max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
         b, k, device = waveforms.shape[0], beam_size, waveforms.device
         memory = self.encode(waveforms)
+        call_trace.mark("encode")
         multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
+        call_trace.mark("tag_inputs")
         clips = graphs.padded_clips(b) if graphs is not None else b
         if clips > b:  # rows that only keep the graph's shape: no audio, no tags, ignored
             memory = F.pad(memory, (0, 0, 0, 0, 0, clips - b))
@@ -241,6 +244,7 @@ class TagGuidedCaptioner(nn.Module):
         prefix = self._prefix(prefix_ids.repeat_interleave(k, dim=0)) if self.cfg.prefix_len else None
         shape = SearchShape(clips=clips, beams=k, max_words=max_words, min_words=min_words)
         start = initial_state(self, shape, cross, tag_add, prefix)
+        call_trace.mark("search_inputs")
         rows, scores = run_search(self, shape, start, graphs)
         out_tokens: list[list[list[int]]] = []
         for i in range(b):
