@@ -314,8 +314,8 @@ def captioner_beside_decoding(
     return out
 
 
-def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int = 8) -> dict[str, Any]:
-    """The captioner fed from host PCM, 2 calls at once, on one unit's pages again and again
+def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int = 12) -> dict[str, Any]:
+    """The captioner fed from host PCM, 2 calls at once (and 3), on one unit's pages again and again
     (as ``host_input`` measures it) against units whose pages this process maps for the
     first time, as a run's actor maps each unit a decode task wrote into Ray's object store:
     whether faulting in and pinning fresh pages explains the captioner's lower rate in a
@@ -342,10 +342,10 @@ def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int
             for p in paths
         ]
 
-    def rate(of: list[ModelBatch]) -> float:
+    def rate(of: list[ModelBatch], threads: int = 2) -> float:
         _sync()
         start = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(threads) as pool:
             list(pool.map(captioner, of))
         _sync()
         return batch * len(of) / (time.perf_counter() - start)
@@ -366,6 +366,7 @@ def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int
             runs.setdefault("fresh_pages_copy_ms", []).append(copy_ms(fresh_units()))
             runs.setdefault("same_pages_copy_ms", []).append(copy_ms([unit] * units))
             runs.setdefault("actor_host_fresh_pages_2calls_clips_per_s", []).append(rate(fresh_units()))
+            runs.setdefault("actor_host_fresh_pages_3calls_clips_per_s", []).append(rate(fresh_units(), 3))
             runs.setdefault("actor_host_same_pages_2calls_clips_per_s", []).append(rate([unit] * units))
     finally:
         for path in paths:

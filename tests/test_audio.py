@@ -195,3 +195,24 @@ def test_flac_encode_is_deterministic_and_lossless_at_16_bit():
     assert a == b
     back = decode_clip(a, SPEC).samples
     assert np.abs(back - x).max() < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pins host pages for the GPU: needs one")
+def test_registered_copies_match_pageable_ones_from_calls_at_once(monkeypatch):
+    """Arrays pinned in place, from several threads at once: neighbours in one buffer (a
+    page at their border), one array in two calls, one shorter than a page and starts off
+    a page boundary all arrive as the pageable copy gives them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    buffer = (rng.standard_normal(8 * 48000 + 777) * 3000).astype(np.int16)
+    arrays = [buffer[1 + i * 48000 : 1 + (i + 1) * 48000].reshape(2, 24000) for i in range(7)]
+    arrays += [arrays[0], buffer[3:1003].reshape(1, 1000)]
+    monkeypatch.setattr(model_input, "STAGING", "0")
+    expected = [model_waveforms(a, 48000, 16000, 8000, "cuda").cpu() for a in arrays]
+    monkeypatch.setattr(model_input, "STAGING", "register")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda a: model_waveforms(a, 48000, 16000, 8000, "cuda").cpu(), arrays))
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want, have)
+    assert model_input.STAGING == "register"  # no refusal turned it off

@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 FOLDER = os.environ.get("TAGCAP_CALL_TRACE", "")
 _local = threading.local()
@@ -53,12 +54,12 @@ def end() -> None:
         fh.write(line + "\n")
 
 
-def read(folder: str) -> list[dict[str, object]]:
+def read(folder: str) -> list[dict[str, Any]]:
     """Every call traced under ``folder``, each with its ``pid``, sorted by when it began."""
-    calls = []
+    calls: list[dict[str, Any]] = []
     for name in sorted(os.listdir(folder)):
         if name.startswith("calls-") and name.endswith(".jsonl"):
             pid = int(name[len("calls-") : -len(".jsonl")])
             with open(os.path.join(folder, name)) as fh:
                 calls.extend({**json.loads(line), "pid": pid} for line in fh if line.strip())
-    return sorted(calls, key=lambda c: float(c["began"]))  # type: ignore[arg-type]
+    return sorted(calls, key=lambda c: float(c["began"]))
