@@ -76,6 +76,7 @@ from tagcap.workers.models.beam_search import GraphCache
 from tagcap.workers.models.checkpoint import load_captioner
 from tagcap.workers.process_settings import retain_freed_memory
 from tagcap.workers.storage import Storage
+from tagcap.workers.store_pages import map_pages
 from timeline import summarize_calls, summarize_timeline
 
 SPEC = DECODE_SPEC
@@ -319,7 +320,8 @@ def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int
     (as ``host_input`` measures it) against units whose pages this process maps for the
     first time, as a run's actor maps each unit a decode task wrote into Ray's object store:
     whether faulting in and pinning fresh pages explains the captioner's lower rate in a
-    run. Also the copy alone (``model_waveforms``) on either."""
+    run; and fresh units mapped ahead first (``workers.store_pages.map_pages``, timed apart).
+    Also the copy alone (``model_waveforms``) on each."""
     if not torch.cuda.is_available():
         return {}
     device = torch.device("cuda")
@@ -360,9 +362,20 @@ def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times)
 
+    def mapped_units() -> list[ModelBatch]:
+        """Fresh units, each mapped ahead as the actor's map_input does, timed per unit."""
+        units = fresh_units()
+        start = time.perf_counter()
+        for u in units:
+            map_pages(u.waveforms)
+        runs.setdefault("map_ahead_ms", []).append((time.perf_counter() - start) * 1e3 / len(units))
+        return units
+
     runs: dict[str, list[float]] = {}
     try:
         for _ in range(repeats):
+            runs.setdefault("mapped_ahead_copy_ms", []).append(copy_ms(mapped_units()))
+            runs.setdefault("actor_host_mapped_ahead_2calls_clips_per_s", []).append(rate(mapped_units()))
             runs.setdefault("fresh_pages_copy_ms", []).append(copy_ms(fresh_units()))
             runs.setdefault("same_pages_copy_ms", []).append(copy_ms([unit] * units))
             runs.setdefault("actor_host_fresh_pages_2calls_clips_per_s", []).append(rate(fresh_units()))
@@ -704,6 +717,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # Ray's API server and autoscaler monitor started with the embedded Ray, as Ray does
     # (tagcap skipped them from 2026-12-01's seventh session on).
     "head_services": ((), {"TAGCAP_RAY_HEAD_SERVICES": "1"}),
+    # Decoded units not mapped into the captioner actor ahead of their calls (the default
+    # before 2026-12-01's eighth session).
+    "no_map_ahead": ((), {"TAGCAP_MAP_AHEAD": "0"}),
     # The input read from the disk, not the page cache (each run's input evicted from it
     # first): what a corpus larger than memory sees. The same run otherwise.
     COLD_INPUT: ((), {}),

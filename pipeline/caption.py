@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import tagcap
-from tagcap.pipeline.executor import ExecutionSettings, run_units
+from tagcap.pipeline.executor import ExecutionSettings, map_ahead_from_env, run_units
 from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.outputs import committed_shards, read_manifest, read_stats, write_manifest, write_sizes
 from tagcap.pipeline.plan import Plan, PlanError, plan_units
@@ -54,6 +54,7 @@ class Prepared:
     metadata_digest: dict[str, str]
     filter_params: dict | None = None
     cuda_sync: str = DEFAULT_SYNC  # how a GPU actor's threads wait (workers.cuda_runtime)
+    map_ahead: bool | None = None  # TAGCAP_MAP_AHEAD (ExecutionSettings.map_ahead)
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -95,6 +96,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         raise ConfigError(str(exc)) from None
     try:
         cuda_sync = sync_mode_from_env()
+        map_ahead = map_ahead_from_env()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -145,6 +147,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         digest,
         filter_params,
         cuda_sync,
+        map_ahead,
     )
 
 
@@ -253,6 +256,7 @@ def _run_leased(prep: Prepared) -> int:
         unit_bytes=_typical_unit_bytes(prep),
         captioner_id=prep.info.captioner_id,
         cuda_sync=prep.cuda_sync,
+        map_ahead=prep.map_ahead,
     )
     decode = DecodeSpec(
         sample_rate=prep.info.sample_rate,

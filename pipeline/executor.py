@@ -34,6 +34,7 @@ from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
 from tagcap.workers.cuda_runtime import DEFAULT_SYNC
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
+from tagcap.workers.store_pages import map_pages
 from tagcap.workers.writer import ProvenanceInfo, write_shard
 
 
@@ -84,6 +85,25 @@ class ExecutionSettings:
     # How a GPU actor's threads wait for the GPU (workers.cuda_runtime). Read from the
     # driver's environment and carried here: a joined cluster's actors do not inherit it.
     cuda_sync: str = DEFAULT_SYNC
+    # Whether each decoded unit's pages are mapped into its actor while it waits for its
+    # caption call (CaptionActor.map_input); None: where the actor has a GPU.
+    map_ahead: bool | None = None
+
+    @property
+    def maps_ahead(self) -> bool:
+        return self.gpus_per_actor > 0 if self.map_ahead is None else self.map_ahead
+
+
+# The actor's thread for map_input, beside its caption calls' threads.
+MAP_INPUT_GROUP = "map_input"
+
+
+def map_ahead_from_env() -> bool | None:
+    """``TAGCAP_MAP_AHEAD`` (0 or 1) where set: whether actors map units ahead."""
+    value = os.environ.get("TAGCAP_MAP_AHEAD", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"TAGCAP_MAP_AHEAD={value!r}: expected 0 or 1")
+    return None if value == "" else value == "1"
 
 
 class CaptionActor:
@@ -131,6 +151,13 @@ class CaptionActor:
     def info(self) -> CaptionerInfo:
         return self.captioner.info
 
+    @ray.method(concurrency_group=MAP_INPUT_GROUP)
+    def map_input(self, batch: ModelBatch) -> int:
+        """Map a decoded unit's pages of the object store into this process while the unit
+        waits for its caption call, on a thread of its own (see ``workers.store_pages``):
+        pinning them for the GPU then costs no page faults. The pages touched."""
+        return map_pages(batch.waveforms)
+
     def caption(self, batch: ModelBatch) -> CaptionedUnit:
         started = time.time()
         results = caption_in_batches(self.captioner, batch, self.batch_size)
@@ -143,6 +170,21 @@ class CaptionActor:
                 )
             results = filtered
         return CaptionedUnit(results, started, time.time())
+
+
+def caption_actor_class(settings: ExecutionSettings, actor_cpus: float) -> Any:
+    """CaptionActor as the Ray actor class a run makes its actors from."""
+    return ray.remote(concurrency_groups={MAP_INPUT_GROUP: 1})(CaptionActor).options(
+        num_gpus=settings.gpus_per_actor,
+        num_cpus=actor_cpus,
+        # Restarts are unbounded but each unit's attempts are not, so a captioner that
+        # keeps dying on one input ends as one failed shard, not a stalled job.
+        max_restarts=-1,
+        max_task_retries=0,
+        # Two calls at once let one unit's host-to-GPU copy and result decoding overlap
+        # the other's model work (for captioners that say they are thread-safe).
+        max_concurrency=settings.actor_threads,
+    )
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -344,17 +386,7 @@ def run_units(
     n_actors = max(1, min(settings.actors, len(units)))
     actor_cpus = _actor_cpus(settings, n_actors)
     limits = _inflight_limits(settings, n_actors, actor_cpus)
-    actor_cls = ray.remote(CaptionActor).options(
-        num_gpus=settings.gpus_per_actor,
-        num_cpus=actor_cpus,
-        # Restarts are unbounded but each unit's attempts are not, so a captioner that
-        # keeps dying on one input ends as one failed shard, not a stalled job.
-        max_restarts=-1,
-        max_task_retries=0,
-        # Two calls at once let one unit's host-to-GPU copy and result decoding overlap
-        # the other's model work (for captioners that say they are thread-safe).
-        max_concurrency=settings.actor_threads,
-    )
+    actor_cls = caption_actor_class(settings, actor_cpus)
 
     def new_actor():
         return actor_cls.remote(settings)
@@ -391,6 +423,10 @@ def run_units(
                 actor_index = next_actor % n_actors
                 next_actor += 1
                 captions_ref = actors[actor_index].caption.remote(batch_ref)
+                if settings.maps_ahead:
+                    # Fire and forget: a unit whose decode failed, or an actor that died,
+                    # fails only this call.
+                    actors[actor_index].map_input.options(num_returns=0).remote(batch_ref)
                 write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
                 inflight[write_ref] = _Flight(unit, attempt, actor_index, time.monotonic(), captions_ref, batch_ref)
                 captioning[captions_ref] = write_ref

@@ -152,6 +152,6 @@ def test_call_trace_records_each_call_in_phases(tiny_checkpoint, tmp_path, monke
     assert {c["pid"] for c in calls} == {os.getpid()}
     for call in calls:
         names = [name for name, _ in call["phases"]]
-        assert names == ["to_gpu", "tag_inputs", "encode", "search_inputs", "search", "results"]
+        assert names == ["to_gpu", "encode", "tag_inputs", "search_inputs", "search", "results"]
         assert all(seconds >= 0 for _, seconds in call["phases"])
     assert [c["began"] for c in calls] == sorted(c["began"] for c in calls)

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from tagcap.pipeline.cli import build_parser, caption_config
@@ -109,7 +110,8 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert sum(n.endswith("executor._write") for n in names) >= 1
 
 
-def test_bad_cuda_sync_setting_fails_at_once(sample_input, tmp_path):
+@pytest.mark.parametrize(("variable", "value"), [("TAGCAP_CUDA_SYNC", "sleepy"), ("TAGCAP_MAP_AHEAD", "yes")])
+def test_a_bad_execution_setting_fails_at_once(sample_input, tmp_path, variable, value):
     # Read on the driver and carried to the actors: a typo fails before Ray, not in an actor.
-    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), TAGCAP_CUDA_SYNC="sleepy")
-    _assert_fails_fast(proc, "TAGCAP_CUDA_SYNC='sleepy'", tmp_path / "out")
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), **{variable: value})
+    _assert_fails_fast(proc, f"{variable}={value!r}", tmp_path / "out")

@@ -9,9 +9,7 @@ How the PCM reaches the GPU (``TAGCAP_H2D_STAGING``, read in the actor's process
   (``cudaHostRegister``) for the copy, so the GPU reads them directly with no CPU copy:
   27 ms for a unit's 234 MB (256 clips of 10 s at 48 kHz) on an H200 host, and the BLAT
   captioner fed from host memory goes from 2,252 to 2,834 clips/s (two calls at once).
-  Pages this process maps for the first time, as every unit of a run is, cost more (34
-  against 20 ms): two calls pin their units at once. Where CUDA does not pin them, the
-  pageable copy below, and no more tries.
+  Where CUDA does not pin them, the pageable copy below, and no more tries.
 * ``0``: from pageable memory, which CUDA copies through its own small pinned buffers on
   the calling thread: 37-44 ms, during which the other call's kernels wait.
 * ``1``: through a pinned buffer per calling thread, filled by a few threads at once:
@@ -122,45 +120,30 @@ class _PinnedStaging:
 
 
 _PAGE = mmap.PAGESIZE
-# cudaErrorHostMemoryAlreadyRegistered: some page of the range is pinned already.
-_ALREADY_REGISTERED = 712
+# One registration at a time: two batches may share a page of the object store, and CUDA
+# refuses to pin a page twice.
+_REGISTER_LOCK = threading.Lock()
 
 
 def _copy_registered(x: torch.Tensor, device: torch.device, stream: torch.cuda.Stream) -> torch.Tensor:
-    """``x`` on ``device``: the whole pages inside it pinned for the copy and unpinned once
-    the GPU has read them, the few bytes before its first page boundary and after its last
-    copied as they are. Only pages wholly inside one array are pinned, so two calls' arrays
-    (two objects of the store) never share one and each call pins its own while the other
-    does: a lock around the registration and copy (which a page at the border of two
-    objects needed) made one call's copy wait out the other's, and mapping a unit's fresh
-    pages into this process costs more than the copy (benchmarks/RESULTS.md). Where CUDA
-    does not pin them, the pageable copy, and from then on only that; where a page is
-    pinned already (the same array in two calls at once), the pageable copy this once."""
+    """``x`` on ``device``, its pages pinned for the copy and unpinned once the GPU has read
+    them; where CUDA does not pin them, the pageable copy (and from then on only that)."""
     global STAGING
     x = x.contiguous()
-    nbytes = x.numel() * x.element_size()
-    ptr = x.data_ptr()
-    head = -(-ptr // _PAGE) * _PAGE - ptr  # bytes before the first page boundary
-    tail = (ptr + nbytes) // _PAGE * _PAGE - ptr  # offset of the last page boundary
-    if tail - head < _PAGE:
-        return x.to(device, non_blocking=False)
+    start = x.data_ptr() // _PAGE * _PAGE
+    end = -(-(x.data_ptr() + x.numel() * x.element_size()) // _PAGE) * _PAGE
     cudart = torch.cuda.cudart()
-    refused = int(cudart.cudaHostRegister(ptr + head, tail - head, 0))
-    if refused:
-        cuda_runtime.clear_last_error()
-        if refused != _ALREADY_REGISTERED:
+    with _REGISTER_LOCK:
+        if int(cudart.cudaHostRegister(start, end - start, 0)) != 0:
+            cuda_runtime.clear_last_error()
             STAGING = "0"
-        return x.to(device, non_blocking=False)
-    flat = x.view(-1).view(torch.uint8)
-    on_device = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    try:
-        on_device[head:tail].copy_(flat[head:tail], non_blocking=True)
-        stream.synchronize()  # the copy reads these pages until it is done
-    finally:
-        cudart.cudaHostUnregister(ptr + head)
-    on_device[:head].copy_(flat[:head])
-    on_device[tail:].copy_(flat[tail:])
-    return on_device.view(x.dtype).view(x.shape)
+            return x.to(device, non_blocking=False)
+        try:
+            on_device = x.to(device, non_blocking=True)
+            stream.synchronize()  # the copy reads these pages until it is done
+        finally:
+            cudart.cudaHostUnregister(start)
+    return on_device
 
 
 @lru_cache(maxsize=64)

@@ -4,10 +4,7 @@ Options and description: ``blat``."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -52,15 +49,6 @@ class BlatRuntime:
         self._generate(silence, [[] for _ in range(batch_size)])
         self.graphs.freeze()
 
-    def _own_stream(self) -> AbstractContextManager[object]:
-        """The calling thread's own CUDA stream for its call's GPU work. The actor runs two
-        calls at once: on one shared stream a call's waits (the search's "all finished?"
-        checks, its captions copied back) also waited for the other call's work queued
-        before them, its encoder among it, while the call held the search's turn."""
-        if self.device.type != "cuda":
-            return nullcontext()
-        return torch.cuda.stream(_thread_stream(self.device, threading.get_ident()))
-
     def _generate(self, wave: torch.Tensor, tag_idx: list[list[int]]) -> Generated:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             return self.ckpt.model.generate(
@@ -75,10 +63,9 @@ class BlatRuntime:
     def caption(self, batch: ModelBatch, model_rate: int, clip_samples: int) -> list[CaptionResult]:
         vocab = self.ckpt.vocab
         call_trace.begin(len(batch))
-        with self._own_stream():
-            wave = model_waveforms(batch.waveforms, batch.sample_rate, model_rate, clip_samples, self.device)
-            call_trace.mark("to_gpu")
-            out = self._generate(wave, [self.ckpt.tags.indices(m) for m in batch.mids])
+        wave = model_waveforms(batch.waveforms, batch.sample_rate, model_rate, clip_samples, self.device)
+        call_trace.mark("to_gpu")
+        out = self._generate(wave, [self.ckpt.tags.indices(m) for m in batch.mids])
         call_trace.mark("search")
         results = []
         for hyps, scores in zip(out.tokens, out.scores, strict=True):
@@ -96,9 +83,3 @@ class BlatRuntime:
         call_trace.mark("results")
         call_trace.end()
         return results
-
-
-@lru_cache(maxsize=64)
-def _thread_stream(device: torch.device, thread: int) -> torch.cuda.Stream:
-    # Made once per device and calling thread: a new stream per call is a driver call.
-    return torch.cuda.Stream(device)

@@ -230,12 +230,10 @@ class TagGuidedCaptioner(nn.Module):
         results either way."""
         max_words = min(max_words or self.cfg.max_words, self.cfg.max_words)
         b, k, device = waveforms.shape[0], beam_size, waveforms.device
-        # The tags first: their (pageable) copy waits for the stream's queued work, which
-        # after the encoder's launch would be the whole encoder.
-        multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
-        call_trace.mark("tag_inputs")
         memory = self.encode(waveforms)
         call_trace.mark("encode")
+        multi_hot, prefix_ids = self.tag_inputs(tag_indices, device)
+        call_trace.mark("tag_inputs")
         clips = graphs.padded_clips(b) if graphs is not None else b
         if clips > b:  # rows that only keep the graph's shape: no audio, no tags, ignored
             memory = F.pad(memory, (0, 0, 0, 0, 0, clips - b))
