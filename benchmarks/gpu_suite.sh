@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|long14|actor15|busy16|fresh17|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|long14|actor15|busy16|fresh17|gputests|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -143,11 +143,13 @@ for what in "$@"; do
                --repeats "${REPEATS:-1}" --long-times 3 --long-levers "${LONG_LEVERS:-full,base_code}" --long-repeats "${LONG_REPEATS:-2}" \
                --results "$results" --name "caption-long14${NAME_SUFFIX:-}" ${WHAT:-e2e_long} 2>&1 \
                | tee "$results/caption-long14${NAME_SUFFIX:-}.log" ;;
-    fresh17) # The GPU-only tests, then the captioner on fresh pages with this code and .whl/base's.
+    gputests) # The tests that need a GPU (skipped on CI), with the suites they live in.
              python3 -m pip install -q --no-index --no-deps --target /tmp/site-test "$here"/.whl/test/*.whl
              rm -rf /tmp/gpu-tests && mkdir -p /tmp/gpu-tests && cp -r "$here/tests" /tmp/gpu-tests/
              (cd /tmp/gpu-tests && PYTHONPATH=/tmp/site:/tmp/site-test python3 -m pytest -q -p no:cacheprovider \
-                tests/test_audio.py tests/test_cuda_runtime.py) 2>&1 | tail -5 | tee "$results/gpu-tests.log"
+                tests/test_audio.py tests/test_cuda_runtime.py tests/test_captioner_model.py) 2>&1 | tail -5 \
+                | tee "$results/gpu-tests.log" ;;
+    fresh17) # The captioner on fresh pages with this code and .whl/base's.
              python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
                --repeats "${REPEATS:-3}" --results "$results" --name caption-fresh17 \
                host_input_fresh 2>&1 | tee "$results/caption-fresh17.log"

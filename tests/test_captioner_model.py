@@ -110,6 +110,16 @@ def test_padding_a_batch_to_its_graph_bucket_changes_nothing(fusion):
     assert len(padded.scores) == 5 and np.allclose(padded.scores, plain.scores, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the tags' pinned copy to a GPU")
+def test_tag_inputs_reach_the_gpu_as_built_on_the_cpu():
+    model = tiny_model("prefix")
+    rows = [[0, 2], [], [5, 1, 3, 4], [3]] * 64
+    on_cpu = model.tag_inputs(rows, torch.device("cpu"))
+    on_gpu = model.tag_inputs(rows, torch.device("cuda"))
+    for cpu, gpu in zip(on_cpu, on_gpu, strict=True):
+        assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+
+
 def test_tags_change_what_is_generated():
     model = tiny_model("add")
     wave = torch.randn(1, model.clip_samples) * 0.3

@@ -137,10 +137,14 @@ class TagGuidedCaptioner(nn.Module):
         """(normalised multi-hot (B, n_tags), prefix ids (B, P) padded with n_tags).
 
         Built on the CPU and moved in one copy each: per-row writes into a GPU tensor cost a
-        kernel launch apiece, which at batch 256 took longer than the encoder."""
+        kernel launch apiece, which at batch 256 took longer than the encoder. For a GPU, in
+        pinned memory (PyTorch's cached pinned blocks): from pageable memory the copy makes
+        the calling thread wait until the stream reaches it, i.e. for the encoder just
+        queued (7-10 ms a call in a caption run, benchmarks/RESULTS.md)."""
         b = len(tag_indices)
-        multi_hot = torch.zeros(b, self.cfg.n_tags)
-        prefix = torch.full((b, self.cfg.prefix_len), self.cfg.n_tags, dtype=torch.long)
+        pinned = device.type == "cuda"
+        multi_hot = torch.zeros(b, self.cfg.n_tags, pin_memory=pinned)
+        prefix = torch.full((b, self.cfg.prefix_len), self.cfg.n_tags, dtype=torch.long, pin_memory=pinned)
         for row, idx in enumerate(tag_indices):
             if idx:
                 multi_hot[row, idx] = 1.0
