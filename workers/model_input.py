@@ -77,7 +77,11 @@ def model_waveforms(
     thread = threading.get_ident()
     side = _copy_stream(device, thread)
     with torch.cuda.stream(side):
-        how = "pinned" if x.is_pinned() else STAGING  # one driver query per batch
+        # Only a tensor can have been pinned by PyTorch. An array from the store must not ask
+        # (one driver query): while another call has its unit's pages registered, a page this
+        # array shares with that unit makes it look pinned, and copying it as such fails.
+        pinned = isinstance(waveforms, torch.Tensor) and x.is_pinned()
+        how = "pinned" if pinned else STAGING
         if how == "register":
             on_device = _copy_registered(x, device, side)
         elif how == "1":
