@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -75,9 +76,17 @@ def peak_rss_mb() -> float:
 
 def run_child(code: str, args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str]:
     """``python -c code args`` in a fresh process with ``env`` over this one's: the JSON
-    object its stdout ends with, and its stderr."""
+    object its stdout ends with, and its stderr. It runs in the temporary folder: ``-c``
+    puts the working folder first on the path, and from the checkout's root that imports
+    the checkout's tagcap whatever ``env`` says (the base_code setting would measure this
+    code)."""
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=600
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+        cwd=tempfile.gettempdir(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"the child failed ({proc.returncode}): {proc.stderr[-3000:]}")

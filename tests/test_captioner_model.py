@@ -110,7 +110,36 @@ def test_padding_a_batch_to_its_graph_bucket_changes_nothing(fusion):
     assert len(padded.scores) == 5 and np.allclose(padded.scores, plain.scores, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the tags' pinned copy to a GPU")
+def _reference_tag_inputs(tag_indices, n_tags, width):
+    """The tag inputs built a row at a time, as the model did before building them in one
+    scatter."""
+    multi_hot = torch.zeros(len(tag_indices), n_tags)
+    prefix = torch.full((len(tag_indices), width), n_tags, dtype=torch.long)
+    for row, idx in enumerate(tag_indices):
+        if idx:
+            multi_hot[row, idx] = 1.0
+        if idx[:width]:
+            prefix[row, : len(idx[:width])] = torch.tensor(idx[:width])
+    return multi_hot / multi_hot.sum(dim=1, keepdim=True).clamp(min=1.0), prefix
+
+
+@pytest.mark.parametrize("width", [0, 2, 8])
+def test_tag_inputs_match_the_rows_built_one_at_a_time(width):
+    rng = np.random.default_rng(width)
+    # Empty rows, repeated tags, rows longer than the prefix.
+    rows = [[int(t) for t in rng.integers(0, 30, rng.integers(0, 12))] for _ in range(64)] + [[], [3, 3, 3]]
+    cfg = CaptionerConfig.from_dict(
+        {**TINY, "tag_fusion": "prefix", "n_tags": 30, "max_prefix_tags": width, "vocab_size": 40}
+    )
+    multi_hot, prefix = TagGuidedCaptioner(cfg).tag_inputs(rows, torch.device("cpu"))
+    want_hot, want_prefix = _reference_tag_inputs(rows, 30, cfg.prefix_len)
+    assert multi_hot.dtype == torch.float32 and torch.equal(multi_hot, want_hot)
+    assert prefix.dtype == torch.long and torch.equal(prefix, want_prefix)
+    with pytest.raises(IndexError):
+        TagGuidedCaptioner(cfg).tag_inputs([[30]], torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the tags' copy to a GPU")
 def test_tag_inputs_reach_the_gpu_as_built_on_the_cpu():
     model = tiny_model("prefix")
     rows = [[0, 2], [], [5, 1, 3, 4], [3]] * 64
