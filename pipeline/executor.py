@@ -174,7 +174,9 @@ class CaptionActor:
 
 def caption_actor_class(settings: ExecutionSettings, actor_cpus: float) -> Any:
     """CaptionActor as the Ray actor class a run makes its actors from."""
-    return ray.remote(concurrency_groups={MAP_INPUT_GROUP: 1})(CaptionActor).options(
+    # Ray takes concurrency groups only here, not in .options(); its typing lacks them.
+    as_actor = ray.remote(concurrency_groups={MAP_INPUT_GROUP: 1})  # type: ignore[call-overload]
+    return as_actor(CaptionActor).options(
         num_gpus=settings.gpus_per_actor,
         num_cpus=actor_cpus,
         # Restarts are unbounded but each unit's attempts are not, so a captioner that
