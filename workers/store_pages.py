@@ -5,15 +5,15 @@ A process reaches the object store through one shared mapping of the whole store
 each page costs the process a page fault the first time it touches it. The captioner actor
 touches every page of every unit it captions (pinning them for the copy to the GPU), and
 in a run each unit arrives in pages it has not touched yet: pinning a unit's 234 MB took
-34-56 ms from such pages against 20-27 ms from pages touched before, and the captioner fed
-from them reached 2,170-2,440 clips/s against 2,890 (benchmarks/RESULTS.md). A decoded unit
+33-56 ms from such pages against 20-27 ms from pages touched before, and the captioner fed
+from them reached 2,320-2,440 clips/s against 2,810-2,910 (benchmarks/RESULTS.md). A decoded unit
 waits seconds in the store for its caption call, so the actor maps it in that time, on a
 thread of its own (``CaptionActor.map_input``), and the call finds its pages mapped.
 
-Reading one byte per page maps them: the kernel maps a read fault's neighbours of a shared
-file with it, so this took 19 ms for 256 MB where ``MADV_POPULATE_READ`` took 25-30 ms
-(the 2-core machine), and it works on every kernel. NumPy's loop releases the GIL, so the
-caption calls' threads run meanwhile.
+Reading one byte per page maps them (the kernel maps a read fault's neighbours in a shared
+file with it; ``madvise(MADV_POPULATE_READ)`` would need Linux 5.14): 8.2 ms for a unit of
+234 MB on the H200 host. NumPy's loop releases the GIL, so the caption calls' threads run
+meanwhile.
 """
 
 from __future__ import annotations
