@@ -9,6 +9,8 @@ How the PCM reaches the GPU (``TAGCAP_H2D_STAGING``, read in the actor's process
   (``cudaHostRegister``) for the copy, so the GPU reads them directly with no CPU copy:
   27 ms for a unit's 234 MB (256 clips of 10 s at 48 kHz) on an H200 host, and the BLAT
   captioner fed from host memory goes from 2,252 to 2,834 clips/s (two calls at once).
+  Pages this process has not touched yet cost a page fault each to pin: the captioner's
+  actor maps each unit's pages ahead of its call (``workers.store_pages``).
   Where CUDA does not pin them, the pageable copy below, and no more tries.
 * ``0``: from pageable memory, which CUDA copies through its own small pinned buffers on
   the calling thread: 37-44 ms, during which the other call's kernels wait.
