@@ -307,11 +307,16 @@ def captioner_beside_decoding(
                     w.join(timeout=60)
                     if w.is_alive():
                         w.kill()
-    out: dict[str, Any] = {"busy_decoders": busy}
+    return {"busy_decoders": busy, **_medians_and_runs(runs, "captioner beside decoding")}
+
+
+def _medians_and_runs(runs: dict[str, list[float]], label: str) -> dict[str, Any]:
+    """Per figure, its median and (``<figure>_runs``) every round's value, printed too."""
+    out: dict[str, Any] = {}
     for key, values in runs.items():
         out[key] = round(statistics.median(values), 1)
         out[f"{key}_runs"] = [round(v, 1) for v in values]
-        print("captioner beside decoding", key, out[key], out[f"{key}_runs"], flush=True)
+        print(label, key, out[key], out[f"{key}_runs"], flush=True)
     return out
 
 
@@ -384,12 +389,7 @@ def captioner_on_fresh_pages(ckpt_dir: str, batch: int, repeats: int, units: int
     finally:
         for path in paths:
             os.unlink(path)
-    out: dict[str, Any] = {}
-    for key, values in runs.items():
-        out[key] = round(statistics.median(values), 1)
-        out[f"{key}_runs"] = [round(v, 1) for v in values]
-        print("captioner on fresh pages", key, out[key], out[f"{key}_runs"], flush=True)
-    return out
+    return _medians_and_runs(runs, "captioner on fresh pages")
 
 
 # -- decode ceiling -------------------------------------------------------------------------

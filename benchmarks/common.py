@@ -93,6 +93,19 @@ def run_child(code: str, args: list[str], env: dict[str, str]) -> tuple[dict[str
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
+def interleave_children(
+    code: str, args: list[str], settings: dict[str, dict[str, str]], repeats: int
+) -> dict[str, list[dict[str, Any]]]:
+    """``run_child(code, args, env)`` for each setting's environment, round by round (so a
+    drift of the machine spreads over every setting): per setting, each round's JSON."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
+    for _ in range(repeats):
+        for name, env in settings.items():
+            runs[name].append(run_child(code, args, env)[0])
+            print(f"{name}: {runs[name][-1]}", flush=True)
+    return runs
+
+
 def medians_by_setting(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per setting and numeric figure of its runs: ``<setting>_<figure>``, the median, and
     ``<setting>_<figure>_runs``, every run's value."""

@@ -18,8 +18,8 @@ from common import (
     base_code_commit,
     base_code_env,
     blat_checkpoint,
+    interleave_children,
     medians_by_setting,
-    run_child,
     write_results,
 )
 
@@ -54,11 +54,7 @@ def main() -> None:
     if not os.path.isdir(BASE_SITE):
         ap.error(f"needs an earlier tagcap installed under {BASE_SITE}")
     ckpt = blat_checkpoint(os.path.join(args.work, "blat-ckpt"))
-    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
-    for _ in range(args.repeats):
-        for name, env in SETTINGS.items():
-            runs[name].append(run_child(_CHILD, [ckpt], env)[0])
-            print(f"{name}: {runs[name][-1]}", flush=True)
+    runs = interleave_children(_CHILD, [ckpt], SETTINGS, args.repeats)
     if len({r["digest"] for results in runs.values() for r in results}) != 1:
         raise RuntimeError("the digests differ")
     figures: dict = {

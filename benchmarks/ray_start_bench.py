@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import medians_by_setting, run_child, write_results
+from common import interleave_children, medians_by_setting, write_results
 
 _CHILD = """
 import json, sys, time
@@ -43,11 +43,8 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
-    for _ in range(args.repeats):
-        for name, env in SETTINGS.items():
-            runs[name].append(run_child(_CHILD, [str(args.cpus)], {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env})[0])
-            print(f"{name}: {runs[name][-1]}", flush=True)
+    settings = {name: {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env} for name, env in SETTINGS.items()}
+    runs = interleave_children(_CHILD, [str(args.cpus)], settings, args.repeats)
     figures: dict = {"ray_cpus": args.cpus, "repeats": args.repeats}
     figures.update(medians_by_setting(runs))
     print(json.dumps({k: v for k, v in figures.items() if not k.endswith("_runs")}, indent=1))

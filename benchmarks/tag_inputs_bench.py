@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BASE_SITE, base_code_commit, base_code_env, medians_by_setting, run_child, write_results
+from common import BASE_SITE, base_code_commit, base_code_env, interleave_children, medians_by_setting, write_results
 
 # A child builds the inputs 200 times per fusion and reports the median; the model's
 # weights do not matter here, so it is the smallest model with 527 tags.
@@ -52,11 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     if not os.path.isdir(BASE_SITE):
         ap.error(f"needs an earlier tagcap installed under {BASE_SITE}")
-    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
-    for _ in range(args.repeats):
-        for name, env in SETTINGS.items():
-            runs[name].append(run_child(_CHILD, [str(args.batch)], env)[0])
-            print(f"{name}: {runs[name][-1]}", flush=True)
+    runs = interleave_children(_CHILD, [str(args.batch)], SETTINGS, args.repeats)
     figures: dict = {"base_code_commit": base_code_commit(), "batch": args.batch}
     figures.update(medians_by_setting(runs))
     print(json.dumps(figures, indent=1))

@@ -2,6 +2,7 @@
 unchanged (``workers.store_pages``)."""
 
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -60,23 +61,31 @@ def test_map_pages_maps_what_another_process_put_in_rays_object_store(ray_local)
 
 
 def test_the_caption_actor_maps_a_unit_beside_its_caption_calls(ray_local):
-    """The actor class a run makes: map_input runs in its own group (here while the one
-    caption thread is free too) and touches every page of the unit; the captions are
-    unchanged by it."""
+    """The actor class a run makes: with its one caption thread busy in a slow call,
+    map_input still runs (its own concurrency group) and touches every page of the unit;
+    the captions are those of a call without it."""
     from tagcap.pipeline.executor import caption_actor_class
     from tagcap.schemas.work import ModelBatch
-    from tests.helpers import execution_settings
+    from tests.helpers import SLOW_TEMPLATE, execution_settings
 
     ray = ray_local
-    settings = execution_settings("template", map_ahead=True)
-    assert settings.maps_ahead and not execution_settings("template").maps_ahead
+    settings = execution_settings(SLOW_TEMPLATE, captioner_config={"sleep": 3.0}, map_ahead=True)
+    assert settings.maps_ahead and settings.actor_threads == 1
+    assert not execution_settings("template").maps_ahead  # by default only beside a GPU
     actor = caption_actor_class(settings, 0.5).remote(settings)
     try:
+        ray.get(actor.info.remote())  # started
         pcm = np.zeros((4, 16000), dtype=np.int16)
         batch = ModelBatch(pcm, 16000, [["Speech"]] * 4, [["/m/09x0r"]] * 4, [f"k{i}" for i in range(4)])
         ref = ray.put(batch)
-        before = ray.get(actor.caption.remote(ref))
-        assert ray.get(actor.map_input.remote(ref)) >= pcm.nbytes // PAGE
+        slow = actor.caption.remote(ref)
+        time.sleep(0.5)  # the caption call holds the actor's only caption thread
+        mapped = actor.map_input.remote(ref)
+        ready, _ = ray.wait([mapped], timeout=2.0)
+        assert ready == [mapped], "map_input waited for the caption call"
+        assert ray.get(mapped) >= pcm.nbytes // PAGE
+        assert ray.wait([slow], timeout=0)[0] == []  # the caption call was still running
+        before = ray.get(slow)
         after = ray.get(actor.caption.remote(ref))
         assert [r.text for r in after.results] == [r.text for r in before.results]
         assert after.results[0].text.startswith("The sound of ")
