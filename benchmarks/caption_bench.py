@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     BASE_SITE,
     DECODE_SPEC,
+    FLAC_SITE,
     MODEL_RATE,
     RATE,
     TreeUsage,
@@ -65,6 +66,7 @@ from common import (
     machine,
     make_corpus,
     repeat_corpus,
+    site_first_env,
     write_results,
 )
 from tagcap.schemas.records import ShardStats, median_stage_seconds
@@ -647,7 +649,15 @@ def e2e(
         f"e2e_{tag}_processes_by_role": processes,
         f"e2e_{tag}_peak_private_mb": {k: round(v / 2**20, 1) for k, v in sorted(peak.items())},
         f"e2e_{tag}_clips": corpus.clips,
+        f"e2e_{tag}_flac_decoder": _flac_decoder({**os.environ, **(extra_env or {})}),
     }
+
+
+def _flac_decoder(env: dict[str, str]) -> str:
+    """Where the run's processes import dr_flac (miniaudio) from: which build decoded."""
+    probe = "import miniaudio; print(miniaudio.__file__)"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd="/", capture_output=True, text=True)
+    return done.stdout.strip() or done.stderr.strip()[-200:]
 
 
 def _stage_medians(stats: list[dict[str, Any]]) -> dict[str, float]:
@@ -727,6 +737,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
     # the path of the run and of every Ray process it starts.
     "base_code": ((), base_code_env()),
+    # dr_flac built for the machine's CPU generation (common.FLAC_SITE), the same run
+    # otherwise: how much a decoder built with SSE4.1 moves a decode-bound run.
+    "native_flac": ((), site_first_env(FLAC_SITE)),
 }
 
 

@@ -52,10 +52,23 @@ DECODE_SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 
 BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
 
 
+# miniaudio (dr_flac) built from source for the machine's CPU generation
+# (PYMINIAUDIO_EXTRA_CFLAGS=-march=x86-64-v2, SSE4.1 included; PyPI's wheel is built for
+# SSE2 only), installed here to run beside PyPI's (the native_flac lever; gpu_suite.sh
+# installs .whl/flac/ here).
+FLAC_SITE = os.environ.get("TAGCAP_BENCH_FLAC_SITE", "/tmp/site-flac")
+
+
+def site_first_env(site: str) -> dict[str, str]:
+    """The environment that makes a process and every Ray process it starts import what
+    ``site`` holds ahead of the rest of its path."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)}
+
+
 def base_code_env() -> dict[str, str]:
     """The environment that makes a process and every Ray process it starts import the
     tagcap under BASE_SITE instead of the current one."""
-    return {"PYTHONPATH": os.pathsep.join(p for p in (BASE_SITE, os.environ.get("PYTHONPATH")) if p)}
+    return site_first_env(BASE_SITE)
 
 
 def base_code_commit() -> str | None:
@@ -345,7 +358,7 @@ def process_role(proc: psutil.Process) -> str:
         ("ray::IDLE", "idle_worker"),
         ("CaptionActor", "captioner_actor"),
         ("_prepare", "decode_worker"),
-        ("_write", "write_worker"),
+        ("ShardWriter", "write_worker"),
         ("default_worker.py", "ray_worker"),
         ("dashboard", "ray_service"),
         ("DashboardAgent", "ray_service"),

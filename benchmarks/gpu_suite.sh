@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 7 in one call on the device machine (one H100, 16 cores):
-#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|long14|actor15|busy16|fresh17|gputests|inflight|final|memory|scaling|pretrain_scaling|quick
+#   bash benchmarks/gpu_suite.sh caption|pretrain|pipeline|ceilings|levers_gpu|levers_pipeline|final4|final5|final6|inflight_sweep|disk_none|start|host_input|levers7|levers8|final7|final8|none7|levers9|final9|levers10|final10|final11|levers12|final12|long13|count13|long14|actor15|busy16|fresh17|decode18|gputests|inflight|final|memory|scaling|pretrain_scaling|quick
 # Expects the wheels of ../shared/device/pack-wheels.sh plus tagcap's own in .whl/ (see
 # benchmarks/README.md); writes JSON under $OUT (or benchmarks/results) and logs beside it.
 set -euo pipefail
@@ -22,6 +22,12 @@ rm -rf /tmp/site-base
 if compgen -G ".whl/base/tagcap-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site-base .whl/base/tagcap-*.whl
   cp .whl/base/commit.txt /tmp/site-base/BASE_COMMIT 2>/dev/null || true
+fi
+# miniaudio built for the CPU generation, for the native_flac lever, where one is packed
+# (benchmarks/README.md says how it is built).
+rm -rf /tmp/site-flac
+if compgen -G ".whl/flac/miniaudio-*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site-flac .whl/flac/miniaudio-*.whl
 fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp   # import the installed tagcap, not the checkout's folders
@@ -143,6 +149,14 @@ for what in "$@"; do
                --repeats "${REPEATS:-1}" --long-times 3 --long-levers "${LONG_LEVERS:-full,base_code}" --long-repeats "${LONG_REPEATS:-2}" \
                --results "$results" --name "caption-long14${NAME_SUFFIX:-}" ${WHAT:-e2e_long} 2>&1 \
                | tee "$results/caption-long14${NAME_SUFFIX:-}.log" ;;
+    decode18) # The decode ceiling with PyPI's dr_flac build and with one built for the CPU generation.
+             for r in 1 2; do
+               python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench --clips 20480 \
+                 --repeats 1 --results "$results" --name caption-decode18 decode 2>&1 | tee -a "$results/caption-decode18.log"
+               PYTHONPATH=/tmp/site-flac:/tmp/site python3 "$here/benchmarks/caption_bench.py" --work /tmp/tagcap-bench \
+                 --clips 20480 --repeats 1 --results "$results" --name caption-decode18-flac decode 2>&1 \
+                 | tee -a "$results/caption-decode18-flac.log"
+             done ;;
     gputests) # The tests that need a GPU (skipped on CI), with the suites they live in.
              python3 -m pip install -q --no-index --no-deps --target /tmp/site-test "$here"/.whl/test/*.whl
              rm -rf /tmp/gpu-tests && mkdir -p /tmp/gpu-tests && cp -r "$here/tests" /tmp/gpu-tests/

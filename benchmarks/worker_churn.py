@@ -5,7 +5,9 @@ under Ray settings given as environment variables, interleaved round by round.
     python benchmarks/worker_churn.py --work /tmp/tagcap-churn --repeats 2
 
 Settings: ``default``; ``startup1``, Ray starting one worker process at a time
-(``RAY_worker_maximum_startup_concurrency=1``; Ray's default is the machine's core count).
+(``RAY_worker_maximum_startup_concurrency=1``; Ray's default is the machine's core count);
+``no_prestart``, Ray not starting workers ahead for queued tasks
+(``RAY_enable_worker_prestart=0``); ``base_code``, an earlier tagcap (under BASE_SITE).
 Reported per setting: the run's units phase (from tagcap's summary), the Ray worker
 processes seen (decode, write and idle workers; a pool that only served the run's slots
 would be about its CPUs plus the actor), and the CPU seconds of workers that never ran a task.
@@ -24,11 +26,14 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TreeUsage, machine, write_results
+from common import TreeUsage, base_code_commit, base_code_env, machine, write_results
 
 SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
     "startup1": {"RAY_worker_maximum_startup_concurrency": "1"},
+    "no_prestart": {"RAY_enable_worker_prestart": "0"},
+    # The tagcap under BASE_SITE (an earlier commit; see benchmarks/README.md).
+    "base_code": base_code_env(),
 }
 WORKER_ROLES = ("decode_worker", "write_worker", "idle_worker", "ray_worker")
 
@@ -54,7 +59,11 @@ def run_once(sample: str, out: str, shards: int, env: dict[str, str]) -> dict[st
         "--no-progress",
     )
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # From outside the checkout: from its root, the checkout's tagcap is imported whatever
+    # PYTHONPATH says (see common.run_child).
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"
+    )
     with TreeUsage(proc.pid, every_s=0.1) as usage:
         _, stderr = proc.communicate()
     wall = time.perf_counter() - start
@@ -93,6 +102,8 @@ def main() -> None:
             runs[name].append(run_once(sample, os.path.join(args.work, "out"), args.shards, SETTINGS[name]))
             print(name, runs[name][-1], flush=True)
     figures: dict[str, Any] = {**machine(), "shards": args.shards, "clips_per_shard": args.clips_per_shard}
+    if "base_code" in names:
+        figures["base_code_commit"] = base_code_commit()
     for name, results in runs.items():
         for key in ("units_s", "worker_processes", "never_working_cpu_s", "cpu_s"):
             values = [r[key] for r in results if r[key] is not None]

@@ -3,13 +3,15 @@
 Per work unit, three Ray calls chained by object references, so data flows worker to
 worker without touching the driver:
 
-    prepare task (CPU)  ->  CaptionActor.caption (GPU)  ->  write task
+    prepare task (CPU)  ->  CaptionActor.caption (GPU)  ->  ShardWriter.write_shard
     read, decode, join       model batches, loaded once      tar + index + errors + stats
 
 The driver keeps a bounded number of units in the air (memory stays flat however
-large the corpus), hands units to actors round robin, and retries a unit whose chain
-failed (a task error, a dead actor, a lost node) up to ``max_attempts`` times before
-reporting the shard failed with the last error; the other shards go on.
+large the corpus), hands units to captioner actors round robin and, once a unit's
+captions are made, its write to a writer of the run's pool (``pipeline.shard_writers``),
+and retries a unit whose chain failed (a task error, a dead actor, a lost node) up to
+``max_attempts`` times before reporting the shard failed with the last error; the other
+shards go on.
 """
 
 from __future__ import annotations
@@ -23,37 +25,25 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayActorError, RayTaskError
 
+from tagcap.pipeline.shard_writers import WriterPool, planned_writers
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
-from tagcap.schemas.work import CaptionedUnit, CaptionResult, DecodeSpec, ModelBatch, UnitPayload, WorkUnit
+from tagcap.schemas.work import CaptionedUnit, CaptionResult, DecodeSpec, ModelBatch, WorkUnit
 from tagcap.workers.captioners import build
 from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
 from tagcap.workers.cuda_runtime import DEFAULT_SYNC
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
 from tagcap.workers.store_pages import map_pages
-from tagcap.workers.writer import ProvenanceInfo, write_shard
+from tagcap.workers.writer import ProvenanceInfo
 
 
 @ray.remote(num_returns=2)
 def _prepare(unit: WorkUnit, spec: DecodeSpec, segments: SegmentTable, labels: LabelMap, storage: Storage):
     return prepare_unit(unit, spec, segments, labels, storage)
-
-
-@ray.remote
-def _write(
-    payload: UnitPayload,
-    captioned: CaptionedUnit,
-    layout: OutputLayout,
-    storage: Storage,
-    provenance: ProvenanceInfo,
-    started: float,
-) -> ShardStats:
-    window = (captioned.started_at, captioned.finished_at)
-    return write_shard(payload, captioned.results, layout, storage, provenance, started, window)
 
 
 @dataclass
@@ -74,7 +64,7 @@ class ExecutionSettings:
     decode_cpus: float
     max_inflight: int | None  # None: see inflight_limits
     max_attempts: int
-    write_cpus: float = 0.0
+    write_cpus: float = 0.0  # CPUs each shard writer reserves
     actor_threads: int = 1
     filter_spec: str | None = None
     filter_rule: str = "best>=0.5"
@@ -189,24 +179,26 @@ def caption_actor_class(settings: ExecutionSettings, actor_cpus: float) -> Any:
     )
 
 
-def _describe_error(exc: BaseException) -> str:
+def _describe_error(exc: BaseException, writer_ids: frozenset[str] = frozenset()) -> str:
+    """A failed attempt's reason, one line. ``writer_ids``: the shard writers' actor ids, to
+    tell a writer that died from a captioner that did."""
     if isinstance(exc, RayTaskError):
         cause = exc.cause if exc.cause is not None else exc
         return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
     if isinstance(exc, RayActorError):
-        return "captioner actor died"
+        return "shard writer died" if getattr(exc, "actor_id", None) in writer_ids else "captioner actor died"
     return f"{type(exc).__name__}: {exc}"
 
 
 _ACTOR_RECOVERY_S = 120.0
 
 
-def _actor_cpus(settings: ExecutionSettings, n_actors: int) -> float:
+def _actor_cpus(settings: ExecutionSettings, n_actors: int, writers_cpus: float) -> float:
     """CPUs to reserve per actor, capped so that actors never hold every CPU of the
-    cluster: a decode task and a writer must always be able to run, or the pipeline
-    deadlocks waiting for input that cannot be produced."""
+    cluster: a decode task and the writers (``writers_cpus`` in all) must always be able
+    to run, or the pipeline deadlocks waiting for input that cannot be produced."""
     total = float(ray.cluster_resources().get("CPU", 0.0))
-    spare = total - settings.decode_cpus - settings.write_cpus
+    spare = total - settings.decode_cpus - writers_cpus
     if n_actors * settings.cpus_per_actor <= spare:
         return settings.cpus_per_actor
     capped = max(spare, 0.0) / n_actors
@@ -281,13 +273,13 @@ def inflight_limits(
     actor_cpus: float,
     decode_cpus: float,
     unit_bytes: int | None,
-    write_cpus: float = 0.0,
+    writers_cpus: float = 0.0,
     store_fraction: float = STORE_FRACTION,
 ) -> InflightLimits:
     """The default limits on work units in flight.
 
     Ahead of the captioners: twice the units that can decode at once (the CPUs the actors
-    leave, less one kept for write tasks where they reserve CPUs) plus two per actor, so a
+    and the shard writers, ``writers_cpus`` in all, leave) plus two per actor, so a
     decode task that finishes always finds its next unit queued (Ray's timeline showed
     decode slots idle with one unit per slot).
 
@@ -302,7 +294,7 @@ def inflight_limits(
     in the store up to this budget instead of the decode slots standing idle. Bounded
     either way, so memory does not grow with the corpus. Input sizes unknown: at most the
     ahead limit in the air, writing or not."""
-    decoding = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, write_cpus)
+    decoding = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, writers_cpus)
     ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1
     if not unit_bytes or store_bytes <= 0:
@@ -314,19 +306,18 @@ def inflight_limits(
     )
 
 
-def decode_slots(cpus: float, n_actors: int, actor_cpus: float, decode_cpus: float, write_cpus: float) -> int:
-    """Decode tasks that can run at once: the CPUs the actors leave, less one kept for write
-    tasks where they reserve CPUs."""
-    kept_for_writes = 1.0 if write_cpus > 0 else 0.0
-    return max(1, int(max(cpus - n_actors * actor_cpus - kept_for_writes, 1.0) / decode_cpus))
+def decode_slots(cpus: float, n_actors: int, actor_cpus: float, decode_cpus: float, writers_cpus: float) -> int:
+    """Decode tasks that can run at once: the CPUs the captioner actors and the shard
+    writers (``writers_cpus`` in all) leave."""
+    return max(1, int(max(cpus - n_actors * actor_cpus - writers_cpus, 1.0) / decode_cpus))
 
 
-def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: float) -> InflightLimits:
+def _inflight_limits(
+    settings: ExecutionSettings, n_actors: int, actor_cpus: float, writers_cpus: float = 0.0
+) -> InflightLimits:
     resources = ray.cluster_resources()
     if settings.max_inflight:  # that many in the air, writing or not, decoding at two per slot
-        slots = decode_slots(
-            float(resources.get("CPU", 1.0)), n_actors, actor_cpus, settings.decode_cpus, settings.write_cpus
-        )
+        slots = decode_slots(float(resources.get("CPU", 1.0)), n_actors, actor_cpus, settings.decode_cpus, writers_cpus)
         return InflightLimits(settings.max_inflight, float(settings.max_inflight), decoding=UNDECODED_PER_SLOT * slots)
     fraction = os.environ.get("TAGCAP_STORE_FRACTION", "")
     try:
@@ -340,22 +331,31 @@ def _inflight_limits(settings: ExecutionSettings, n_actors: int, actor_cpus: flo
         actor_cpus,
         settings.decode_cpus,
         settings.unit_bytes,
-        settings.write_cpus,
+        writers_cpus,
         store_fraction,
     )
 
 
 @dataclass
 class _Flight:
-    """A unit in the air: its attempt, the actor it went to, when, its decode task until
-    that is done, and its caption call until that returns (then only its write task is left)."""
+    """A unit in the air: its attempt, the captioner actor it went to, when, and the Ray
+    calls it still waits on: its decode task until that is done, its caption call until that
+    returns, then its write (sent to a writer only then, so that the pool's least busy
+    writer near the unit's payload takes it)."""
 
     unit: WorkUnit
     attempt: int
     actor: int
-    submitted: float
-    captions: ray.ObjectRef | None
+    submitted: float  # monotonic, for the unit's deadline
+    submitted_at: float  # unix seconds, for its shard's stats
     batch: ray.ObjectRef | None  # its decode task's first result, until that is ready
+    payload: ray.ObjectRef
+    captions: ray.ObjectRef | None  # until the caption call returned
+    write: ray.ObjectRef | None = None  # once sent
+    writer: int | None = None  # which of the pool's writers has it
+
+    def pending(self) -> list[ray.ObjectRef]:
+        return [r for r in (self.batch, self.captions, self.write) if r is not None]
 
 
 def _ready(refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
@@ -386,14 +386,16 @@ def run_units(
     if not units:
         return result
     n_actors = max(1, min(settings.actors, len(units)))
-    actor_cpus = _actor_cpus(settings, n_actors)
-    limits = _inflight_limits(settings, n_actors, actor_cpus)
+    writers_cpus = planned_writers() * settings.write_cpus
+    actor_cpus = _actor_cpus(settings, n_actors, writers_cpus)
+    limits = _inflight_limits(settings, n_actors, actor_cpus, writers_cpus)
     actor_cls = caption_actor_class(settings, actor_cpus)
 
     def new_actor():
         return actor_cls.remote(settings)
 
     actors = [new_actor() for _ in range(n_actors)]
+    writers = WriterPool(layout, storage, provenance, settings.write_cpus)
 
     def recover(i: int) -> None:
         """After an actor died: wait until Ray has restarted it (so retried units do not
@@ -407,18 +409,57 @@ def run_units(
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
-    write = _write.options(num_cpus=settings.write_cpus, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
-    inflight: dict[ray.ObjectRef, _Flight] = {}  # by the unit's write task
-    captioning: dict[ray.ObjectRef, ray.ObjectRef] = {}  # captions not yet made -> write task
-    decoding: dict[ray.ObjectRef, ray.ObjectRef] = {}  # decoded batch not yet made -> write task
+    waiting: dict[ray.ObjectRef, _Flight] = {}  # every pending call of every unit in the air
+    flights: list[_Flight] = []
     next_actor = 0
     flowing = False  # a caption call has returned: the actors are up, the ahead limit applies
 
+    def counts() -> tuple[int, int, int]:
+        """Units in the air: (ahead, writing, not yet decoded)."""
+        ahead = sum(f.captions is not None for f in flights)
+        return ahead, len(flights) - ahead, sum(f.batch is not None for f in flights)
+
+    def finish(flight: _Flight) -> None:
+        flights.remove(flight)
+        for ref in flight.pending():
+            waiting.pop(ref, None)
+        if flight.writer is not None:
+            writers.finished(flight.writer)
+
+    def settle(flight: _Flight, outcome: ShardStats | BaseException) -> None:
+        """A unit's end: its stats, or a failed attempt (retried while attempts are left)."""
+        finish(flight)
+        if isinstance(outcome, ShardStats):
+            result.stats[flight.unit.shard] = outcome
+            if on_done:
+                on_done(outcome)
+            return
+        reason = _describe_error(outcome, writers.actor_ids())
+        # ActorUnschedulableError: a shard writer bound to a node that is gone.
+        actor_trouble = (RayActorError, ActorUnavailableError, ActorUnschedulableError, TimeoutError)
+        if isinstance(outcome, actor_trouble) or (
+            isinstance(outcome, RayTaskError) and isinstance(outcome.cause, actor_trouble)
+        ):
+            # Whichever of the two actors it was: one that is up answers at once.
+            recover(flight.actor)
+            if flight.writer is not None:
+                writers.recover(flight.writer)
+        if flight.attempt < settings.max_attempts:
+            result.retries += 1
+            pending.appendleft((flight.unit, flight.attempt + 1))
+        else:
+            result.failed[flight.unit.shard] = f"failed after {flight.attempt} attempts: {reason}"
+            if on_failed:
+                on_failed(flight.unit.shard, result.failed[flight.unit.shard])
+
     try:
-        while pending or inflight:
-            while pending and limits.admits(len(captioning), len(inflight) - len(captioning), flowing, len(decoding)):
+        while pending or flights:
+            while pending:
+                ahead, writing, undecoded = counts()
+                if not limits.admits(ahead, writing, flowing, undecoded):
+                    break
                 unit, attempt = pending.popleft()
                 refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
                 batch_ref, payload_ref = refs  # num_returns=2
@@ -429,58 +470,52 @@ def run_units(
                     # Fire and forget: a unit whose decode failed, or an actor that died,
                     # fails only this call.
                     actors[actor_index].map_input.options(num_returns=0).remote(batch_ref)
-                write_ref = write.remote(payload_ref, captions_ref, layout, storage, provenance, time.time())
-                inflight[write_ref] = _Flight(unit, attempt, actor_index, time.monotonic(), captions_ref, batch_ref)
-                captioning[captions_ref] = write_ref
-                decoding[batch_ref] = write_ref
-            done = _ready([*inflight, *captioning, *decoding])
+                flight = _Flight(
+                    unit, attempt, actor_index, time.monotonic(), time.time(), batch_ref, payload_ref, captions_ref
+                )
+                flights.append(flight)
+                waiting[batch_ref] = waiting[captions_ref] = flight
+            done = _ready(list(waiting))
             for ref in done:
-                if ref in decoding:  # decoded (or failed): the next unit may go to its slot
-                    inflight[decoding.pop(ref)].batch = None
-                if ref in captioning:  # captioned: only its writing is left
+                found = waiting.pop(ref, None)
+                if found is None:  # its unit already ended (a failed call ends it early)
+                    continue
+                flight = found
+                if ref == flight.batch:  # decoded (or failed): the next unit may go to its slot
+                    flight.batch = None
+                elif ref == flight.captions:  # captioned (or failed): its write goes out
                     if not flowing:
-                        limits = limits.once_flowing(len(captioning))
+                        limits = limits.once_flowing(counts()[0])
                         flowing = True
-                    inflight[captioning.pop(ref)].captions = None
+                    flight.captions = None
+                    # A failed decode or caption call fails the write with its error, so
+                    # that every unit ends through its write's result.
+                    flight.write, flight.writer = writers.submit(flight.payload, ref, flight.submitted_at)
+                    waiting[flight.write] = flight
+                elif ref == flight.write:
+                    flight.write = None
+                    try:
+                        outcome: ShardStats | BaseException = ray.get(ref)
+                    except Exception as exc:
+                        outcome = exc
+                    settle(flight, outcome)
             # A unit stuck past its deadline (e.g. waiting on objects lost with a node that
             # Ray keeps trying to reconstruct) is cancelled and counts as a failed attempt.
             now = time.monotonic()
-            stuck = [r for r, f in inflight.items() if r not in done and now - f.submitted > settings.unit_timeout_s]
-            for ref in stuck:
-                ray.cancel(ref, force=False, recursive=True)
-                # A captioner stuck in a call cannot be cancelled: restart its actor (the
-                # units queued behind it fail over and are retried).
-                ray.kill(actors[inflight[ref].actor], no_restart=False)
-            for ref in [*(r for r in done if r in inflight), *stuck]:
-                flight = inflight.pop(ref)
-                if flight.captions is not None:
-                    captioning.pop(flight.captions, None)
-                if flight.batch is not None:
-                    decoding.pop(flight.batch, None)
-                unit, attempt, actor_index = flight.unit, flight.attempt, flight.actor
-                try:
-                    if ref in stuck:
-                        raise TimeoutError(f"unit did not finish within {settings.unit_timeout_s:g} s")
-                    stats = ray.get(ref)
-                except Exception as exc:
-                    reason = _describe_error(exc)
-                    actor_trouble = (RayActorError, ActorUnavailableError, TimeoutError)
-                    if isinstance(exc, actor_trouble) or (
-                        isinstance(exc, RayTaskError) and isinstance(exc.cause, actor_trouble)
-                    ):
-                        recover(actor_index)
-                    if attempt < settings.max_attempts:
-                        result.retries += 1
-                        pending.appendleft((unit, attempt + 1))
-                    else:
-                        result.failed[unit.shard] = f"failed after {attempt} attempts: {reason}"
-                        if on_failed:
-                            on_failed(unit.shard, result.failed[unit.shard])
-                    continue
-                result.stats[unit.shard] = stats
-                if on_done:
-                    on_done(stats)
+            for flight in [f for f in flights if now - f.submitted > settings.unit_timeout_s]:
+                for ref in flight.pending():
+                    ray.cancel(ref, force=False, recursive=True)
+                if flight.write is not None:
+                    # A writer stuck in a write cannot be cancelled: restart it (the writes
+                    # it had fail over and are retried).
+                    writers.kill(flight.writer)  # type: ignore[arg-type]
+                else:
+                    # Nor can a captioner stuck in a call: restart its actor (the units
+                    # queued behind it fail over and are retried).
+                    ray.kill(actors[flight.actor], no_restart=False)
+                settle(flight, TimeoutError(f"unit did not finish within {settings.unit_timeout_s:g} s"))
     finally:
         for actor in actors:
             ray.kill(actor)
+        writers.close()
     return result

@@ -107,7 +107,7 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     events = json.loads((tmp_path / "timeline.json").read_text())
     names = [e["name"] for e in events if e.get("ph") == "X"]
     assert sum(n.endswith("executor._prepare") for n in names) == 2
-    assert sum(n.endswith("executor._write") for n in names) >= 1
+    assert sum(n == "write_shard" for n in names) >= 1
 
 
 @pytest.mark.parametrize(("variable", "value"), [("TAGCAP_CUDA_SYNC", "sleepy"), ("TAGCAP_MAP_AHEAD", "yes")])

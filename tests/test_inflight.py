@@ -17,12 +17,12 @@ GB = 1 << 30
 
 
 def test_twice_the_decode_slots_and_actors_ahead_where_memory_allows():
-    # 16 CPUs, a GPU actor and write tasks reserving none: 16 decode slots, 34 units ahead.
+    # 16 CPUs, a GPU actor and shard writers reserving none: 16 decode slots, 34 units ahead.
     limits = inflight_limits(16, 40 * GB, 1, 0.0, 1.0, 170 << 20)
     assert limits.ahead == 2 * (16 + 1)
-    # An actor holding a CPU, write tasks holding CPUs (one kept for them): 14 slots.
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, 170 << 20, write_cpus=0.25).ahead == 30
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 0.5, None, write_cpus=0.25).ahead == 58  # half a CPU each
+    # An actor holding a CPU, two writers holding a quarter each: 14 slots.
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, 170 << 20, writers_cpus=0.5).ahead == 30
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 0.5, None, writers_cpus=0.5).ahead == 60  # half a CPU each
     assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).ahead == 4  # a laptop: one decode slot
 
 
@@ -36,7 +36,7 @@ def test_at_most_two_units_per_decode_slot_wait_to_be_decoded():
     # Decoded units go on filling the memory budget while the actors start.
     assert limits.admits(63, 0, flowing=False, decoding=0) and not limits.admits(64, 0, flowing=False, decoding=0)
     assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).decoding == 2  # a laptop: one slot
-    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25).decoding == 28
+    assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, writers_cpus=0.5).decoding == 28
 
 
 def test_memory_counts_a_unit_ahead_three_times_and_a_writing_one_once():
@@ -71,7 +71,7 @@ def test_the_units_decoded_while_the_captioner_started_do_not_hold_decoding_back
 
 
 def test_sizes_unknown_or_max_inflight_count_every_unit_alike():
-    limits = inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, write_cpus=0.25)
+    limits = inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, writers_cpus=0.5)
     assert limits.ahead == 30
     assert limits.admits(29, 0, flowing=False) and not limits.admits(30, 0, flowing=False)
     assert limits.admits(14, 15, flowing=True) and not limits.admits(15, 15, flowing=True)

@@ -1,0 +1,171 @@
+"""The run's shard writers: a fixed pool of Ray actors, started with the run, that write
+every unit's shard (``workers.writer.write_shard``).
+
+Why actors and not a Ray task per shard: write tasks reserve no CPU while decode tasks run
+below them, so Ray ran every write whose inputs were ready at once, each in a worker
+process of its own, and ended those processes again once they were idle beyond its soft
+limit of one worker per CPU. A 61,440-clip run on the 16-core GPU host started 15-25
+worker processes for its writes, and 7-14 more that never ran anything, each paying
+Python's and Ray's imports (about a core-second): about 1.1-1.3 of the node's 16 cores
+went to starting workers (benchmarks/RESULTS.md, 2026-12-01). A pool started once costs
+that once, and bounds the writes running at once.
+
+Each node with CPUs gets ``writers_per_node`` writers, bound to it (Ray 2.60 placed a writer
+with soft node affinity on another node now and then, with both nodes up; one whose node is
+gone is replaced on another), each running up to ``WRITES_PER_WRITER`` writes at once on
+threads (a write mostly waits in system calls, which release the GIL). A unit's write goes
+to the least busy writer on a node that holds the unit's decoded payload, where there is
+one: the audio bytes are most of a unit, and Ray placed write tasks by their arguments in
+the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from tagcap.schemas.layout import OutputLayout
+from tagcap.schemas.records import ShardStats
+from tagcap.schemas.work import CaptionedUnit, UnitPayload
+from tagcap.workers.storage import Storage
+from tagcap.workers.writer import ProvenanceInfo, write_shard
+
+# Writes one writer runs at once. A unit's write took 0.37-0.43 s (medians) at about 6.5
+# units a second on the 16-core GPU host: about 3 at once on average, more in the burst
+# after the captioner's start.
+WRITES_PER_WRITER = 4
+# A node gets one writer per this many CPUs, and at least one.
+CPUS_PER_WRITER = 8
+# How long a writer that died gets to come back before it is replaced.
+_RECOVERY_S = 60.0
+
+
+class ShardWriter:
+    """Writes shards for one run: the layout, storage and provenance are the run's, given
+    once; each call brings a unit's payload and its captions."""
+
+    def __init__(self, layout: OutputLayout, storage: Storage, provenance: ProvenanceInfo):
+        self.layout = layout
+        self.storage = storage
+        self.provenance = provenance
+
+    def node(self) -> str:
+        """The Ray node this writer runs on (and an answer that it is up)."""
+        return ray.get_runtime_context().get_node_id()
+
+    def write_shard(self, payload: UnitPayload, captioned: CaptionedUnit, started: float) -> ShardStats:
+        """``started``: when the driver submitted the unit (unix seconds), for its stats."""
+        window = (captioned.started_at, captioned.finished_at)
+        return write_shard(payload, captioned.results, self.layout, self.storage, self.provenance, started, window)
+
+
+def writers_per_node(cpus: float) -> int:
+    return max(1, round(cpus / CPUS_PER_WRITER))
+
+
+def _cpu_nodes() -> list[tuple[str, float]]:
+    """(node id, CPUs) of every live node that has CPUs."""
+    nodes = []
+    for node in ray.nodes():
+        cpus = float(node.get("Resources", {}).get("CPU", 0.0))
+        if node.get("Alive") and cpus > 0:
+            nodes.append((node["NodeID"], cpus))
+    return nodes
+
+
+def planned_writers() -> int:
+    """How many writers a pool started now would have."""
+    return sum(writers_per_node(cpus) for _, cpus in _cpu_nodes())
+
+
+@dataclass
+class _Writer:
+    handle: Any
+    node: str
+    busy: int = 0  # writes sent to it and not yet returned
+
+
+class WriterPool:
+    """The run's writers, and which of them each unit's write goes to."""
+
+    def __init__(self, layout: OutputLayout, storage: Storage, provenance: ProvenanceInfo, cpus_each: float):
+        self._args = (layout, storage, provenance)
+        self._cls = ray.remote(ShardWriter)
+        self._cpus_each = cpus_each
+        self.writers = [self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus))]
+        if not self.writers:
+            raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
+
+    def _writer(self, node: str) -> _Writer:
+        return _Writer(self._start(node), node)
+
+    def _start(self, node: str) -> Any:
+        return self._cls.options(
+            num_cpus=self._cpus_each,
+            max_concurrency=WRITES_PER_WRITER,
+            # A writer that dies fails the writes it had (each retried as its unit's next
+            # attempt, bounded) and comes back.
+            max_restarts=-1,
+            max_task_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+        ).remote(*self._args)
+
+    def submit(self, payload: ray.ObjectRef, captioned: ray.ObjectRef, started: float) -> tuple[ray.ObjectRef, int]:
+        """Sends a unit's write: (its result, the writer's index for :meth:`finished`)."""
+        held_on = _nodes_holding(payload)
+        near = [i for i, w in enumerate(self.writers) if w.node in held_on]
+        index = min(near or range(len(self.writers)), key=lambda i: self.writers[i].busy)
+        writer = self.writers[index]
+        writer.busy += 1
+        return writer.handle.write_shard.remote(payload, captioned, started), index
+
+    def actor_ids(self) -> frozenset[str]:
+        """The writers' actor ids (hex), as a ``RayActorError`` names the actor that died."""
+        return frozenset(w.handle._actor_id.hex() for w in self.writers)
+
+    def finished(self, index: int) -> None:
+        self.writers[index].busy -= 1
+
+    def recover(self, index: int) -> None:
+        """After a write failed with its actor: wait until Ray has restarted the writer, or
+        replace it if it does not come back (on another node where its own is gone: Ray
+        restarts a writer only on the node it is bound to)."""
+        writer = self.writers[index]
+        try:
+            ray.get(writer.handle.node.remote(), timeout=_RECOVERY_S)
+        except Exception:
+            ray.kill(writer.handle)
+            live = [node for node, _ in _cpu_nodes()]
+            if not live:
+                raise RuntimeError("the Ray cluster has no node with CPUs left for the shard writers") from None
+            node = writer.node if writer.node in live else min(live, key=self._writers_on)
+            self.writers[index] = self._writer(node)
+
+    def _writers_on(self, node: str) -> int:
+        return sum(w.node == node for w in self.writers)
+
+    def kill(self, index: int) -> None:
+        """Restarts a writer stuck in a write (its other writes fail over and are retried)."""
+        ray.kill(self.writers[index].handle, no_restart=False)
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Ends the writers as an actor ends itself (a killed one loses what it had yet to
+        report, its calls' events in Ray's timeline among them); any still there after
+        ``wait_s`` is killed."""
+        exits = [writer.handle.__ray_terminate__.remote() for writer in self.writers]
+        _, left = ray.wait(exits, num_returns=len(exits), timeout=wait_s)
+        for writer, ref in zip(self.writers, exits, strict=True):
+            if ref in left:
+                ray.kill(writer.handle)
+
+
+def _nodes_holding(ref: ray.ObjectRef) -> set[str]:
+    """The nodes whose object store holds ``ref`` (none for a small object kept inline)."""
+    try:
+        where = ray.experimental.get_object_locations([ref], timeout_ms=1000)
+    except Exception:  # placement is an optimisation: any writer can write any unit
+        return set()
+    return set(where.get(ref, {}).get("node_ids", []))

@@ -1,0 +1,106 @@
+"""The run's shard writers: a fixed pool of actors (one per 8 CPUs of a node, at least one)
+that writes every unit's shard, each unit on a writer of the node that holds its payload."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import webdataset as wds
+
+from tagcap.pipeline.shard_writers import writers_per_node
+from tests.helpers import cli_env
+
+
+def test_one_writer_per_eight_cpus_of_a_node_and_at_least_one():
+    assert [writers_per_node(c) for c in (1, 2, 4, 12, 16, 64)] == [1, 1, 1, 2, 2, 8]
+
+
+# Runs as a client of the two-node cluster (a process of its own: the test session has an
+# embedded Ray of its own). Each unit's payload is made by a task placed on one node, so it
+# lies in that node's object store; the pool must write it there.
+_CLIENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import numpy as np
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from tagcap.pipeline.shard_writers import WriterPool
+    from tagcap.schemas.layout import OutputLayout
+    from tagcap.schemas.work import CaptionedUnit, CaptionResult, PackedBytes, SampleMeta, UnitPayload, WorkUnit
+    from tagcap.workers.storage import Storage
+    from tagcap.workers.writer import ProvenanceInfo
+
+    address, out = sys.argv[1], sys.argv[2]
+    ray.init(address=address, log_to_driver=False)
+    while ray.cluster_resources().get("CPU", 0) < 4:  # both nodes in the scheduler's view
+        time.sleep(0.1)
+
+    @ray.remote(num_cpus=0)
+    def payload(shard: str, clips: int) -> UnitPayload:
+        rng = np.random.default_rng(int(shard))
+        # 300 kB a clip: above Ray's inline limit, so the payload lives in the node's store.
+        audio = [rng.bytes(300_000) for _ in range(clips)]
+        samples = [
+            SampleMeta(f"Y{shard}{i:08d}_0", f"{i}.flac", f"{shard}{i:08d}", 0, 10_000, ("/m/a",), ("A",), "flac")
+            for i in range(clips)
+        ]
+        unit = WorkUnit(int(shard), shard, "tar", (f"in/{shard}.tar",))
+        return UnitPayload(unit, samples, PackedBytes.pack(audio), [], clips)
+
+    pool = WriterPool(OutputLayout(out), Storage({}), ProvenanceInfo("test", None, {}, "0"), 0.0)
+    asked = [w.node for w in pool.writers]
+    placed = [ray.get(w.handle.node.remote()) for w in pool.writers]
+    nodes = sorted(set(asked))
+    report = {"nodes": nodes, "asked": asked, "placed": placed, "units": []}
+    for i in range(6):
+        shard, node = f"{i:06d}", nodes[i % len(nodes)]
+        ref = payload.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(shard, 3)
+        ray.wait([ref], fetch_local=False)
+        captions = ray.put(CaptionedUnit([CaptionResult(f"clip {j}") for j in range(3)], time.time(), time.time()))
+        write, index = pool.submit(ref, captions, time.time())
+        stats = ray.get(write)
+        pool.finished(index)
+        report["units"].append({"made_on": node, "written_by": pool.writers[index].node, "written": stats.written})
+    pool.close()
+    print(json.dumps(report))
+    """
+)
+
+
+def test_each_unit_is_written_on_the_node_that_holds_its_payload(tmp_path):
+    """Two nodes on one machine (the second on 127.0.0.2), each with an object store."""
+    from ray.cluster_utils import Cluster
+
+    out = tmp_path / "out"
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
+        cluster.wait_for_nodes()
+        client = subprocess.run(
+            [sys.executable, "-c", _CLIENT, cluster.address, str(out)],
+            env={**cli_env(), "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        cluster.shutdown()
+    assert client.returncode == 0, client.stderr[-3000:]
+    report = json.loads(client.stdout.strip().splitlines()[-1])
+    # Two nodes of 2 CPUs: a writer on each, placed where it was meant to run.
+    assert len(report["nodes"]) == 2 and sorted(report["asked"]) == report["nodes"]
+    assert report["placed"] == report["asked"]
+    units = report["units"]
+    assert len(units) == 6 and {u["made_on"] for u in units} == set(report["nodes"])
+    assert all(u["written_by"] == u["made_on"] and u["written"] == 3 for u in units)
+    # And the shards are whole: three samples each, audio and captions, read back.
+    for i in range(6):
+        samples = list(wds.WebDataset(str(out / f"{i:06d}.tar"), shardshuffle=False))
+        assert [s["json"] for s in samples] and len(samples) == 3
+        assert all(len(s["flac"]) == 300_000 for s in samples)
