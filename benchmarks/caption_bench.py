@@ -754,9 +754,10 @@ def _medians_of_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             figures[f"e2e_{tag}_{kind}_runs"] = values
         figures[f"e2e_{tag}_timeline"] = results[0][f"e2e_{tag}_timeline"]
         figures[f"e2e_{tag}_phases_s"] = [p for r in results for p in r[f"e2e_{tag}_phases_s"]]
-        for key in ("busy_cores_by_role", "processes_by_role", "stage_seconds"):
+        for key in ("busy_cores_by_role", "processes_by_role", "stage_seconds", "caption_calls"):
             if f"e2e_{tag}_{key}" in results[0]:
                 figures[f"e2e_{tag}_{key}"] = [c for r in results for c in r[f"e2e_{tag}_{key}"]]
+        figures[f"e2e_{tag}_flac_decoder"] = results[0].get(f"e2e_{tag}_flac_decoder")
     return figures
 
 
