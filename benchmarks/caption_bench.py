@@ -737,6 +737,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
     # the path of the run and of every Ray process it starts.
     "base_code": ((), base_code_env()),
+    # Ray not starting a worker process per CPU when the run's driver connects: the run's
+    # decode tasks started 16 processes of their own beside those, which then stood idle.
+    "no_first_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
     # dr_flac built for the machine's CPU generation (common.FLAC_SITE), the same run
     # otherwise: how much a decoder built with SSE4.1 moves a decode-bound run.
     "native_flac": ((), site_first_env(FLAC_SITE)),

@@ -359,6 +359,7 @@ def process_role(proc: psutil.Process) -> str:
         ("CaptionActor", "captioner_actor"),
         ("_prepare", "decode_worker"),
         ("ShardWriter", "write_worker"),
+        ("_write", "write_worker"),  # a write task (before 2026-12-01's ninth session)
         ("default_worker.py", "ray_worker"),
         ("dashboard", "ray_service"),
         ("DashboardAgent", "ray_service"),

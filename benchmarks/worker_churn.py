@@ -32,6 +32,8 @@ SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
     "startup1": {"RAY_worker_maximum_startup_concurrency": "1"},
     "no_prestart": {"RAY_enable_worker_prestart": "0"},
+    # Ray not starting a worker per CPU when the first driver connects.
+    "no_first_driver_prestart": {"RAY_prestart_worker_first_driver": "0"},
     # The tagcap under BASE_SITE (an earlier commit; see benchmarks/README.md).
     "base_code": base_code_env(),
 }
