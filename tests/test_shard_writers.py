@@ -58,6 +58,11 @@ _CLIENT = textwrap.dedent(
         shard, node = f"{i:06d}", nodes[i % len(nodes)]
         ref = payload.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(shard, 3)
         ray.wait([ref], fetch_local=False)
+        # Ray reports where an object lies a moment after the task that made it returned; a
+        # run's payload waits for its captions far longer than that.
+        deadline = time.time() + 30
+        while not ray.experimental.get_object_locations([ref])[ref]["node_ids"] and time.time() < deadline:
+            time.sleep(0.05)
         captions = ray.put(CaptionedUnit([CaptionResult(f"clip {j}") for j in range(3)], time.time(), time.time()))
         write, index = pool.submit(ref, captions, time.time())
         stats = ray.get(write)
