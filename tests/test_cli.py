@@ -102,7 +102,7 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert RUN_STAGES[0] == "pending" and RUN_STAGES[-1] == "write"
     assert all(float(seconds) >= 0 for _, seconds in stages)
     check_output(str(tmp_path / "out"), expected_inputs=6)
-    # The run's Ray timeline holds a decode task per unit and the write tasks. (The captioner
+    # The run's Ray timeline holds a decode task per unit and the writers' calls. (The captioner
     # actor's calls may be missing: its events are lost when the actor is killed at the end.)
     events = json.loads((tmp_path / "timeline.json").read_text())
     names = [e["name"] for e in events if e.get("ph") == "X"]
