@@ -245,7 +245,7 @@ def _run_leased(prep: Prepared) -> int:
         gpus_per_actor=config.gpus_per_actor,
         cpus_per_actor=config.actor_cpus,
         decode_cpus=config.decode_cpus,
-        write_cpus=config.write_task_cpus,
+        write_cpus=config.writer_cpus,
         max_inflight=config.max_inflight,
         actor_threads=config.actor_threads or getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1),
         max_attempts=config.max_attempts,

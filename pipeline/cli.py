@@ -55,7 +55,7 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--write-cpus",
         type=float,
-        help="CPUs per write task (default 0 with decode tasks at a lower priority, else 0.25)",
+        help="CPUs each shard writer reserves (default 0 with decode tasks at a lower priority, else 0.25)",
     )
     p.add_argument(
         "--decode-niceness",

@@ -213,7 +213,7 @@ def _actor_cpus(settings: ExecutionSettings, n_actors: int, writers_cpus: float)
 @dataclass(frozen=True)
 class InflightLimits:
     """Which work units may go into the air. A unit is *ahead* (submitted, its captions
-    not yet returned) or *writing* (only its write task left). At most ``ahead`` units may
+    not yet returned) or *writing* (only its write left). At most ``ahead`` units may
     be ahead once caption calls return (until then, while the captioner actors start, as
     many as the budget takes), and the units in the air must fit ``budget``: a unit ahead
     costs ``ahead_cost``, one writing ``writing_cost``.
@@ -505,10 +505,10 @@ def run_units(
             for flight in [f for f in flights if now - f.submitted > settings.unit_timeout_s]:
                 for ref in flight.pending():
                     ray.cancel(ref, force=False, recursive=True)
-                if flight.write is not None:
+                if flight.write is not None and flight.writer is not None:
                     # A writer stuck in a write cannot be cancelled: restart it (the writes
                     # it had fail over and are retried).
-                    writers.kill(flight.writer)  # type: ignore[arg-type]
+                    writers.kill(flight.writer)
                 else:
                     # Nor can a captioner stuck in a call: restart its actor (the units
                     # queued behind it fail over and are retried).

@@ -35,8 +35,8 @@ from ray._private import ray_constants
 
 def worker_soft_limit(cpus: int) -> int:
     """Idle worker processes Ray keeps alive. Its default (one per CPU) is below what a
-    caption run holds at once: a decode task on every free CPU, write tasks at a quarter CPU
-    each and the actors. Above the limit Ray kills idle workers within a second and starts
+    caption run holds at once: a decode task on every free CPU, the captioner actors and
+    the shard writers. Above the limit Ray kills idle workers within a second and starts
     new ones for the next tasks, each paying the import of torch again: on two CPUs and
     small units that churn made a run of 100 units take 42 s instead of 7."""
     return cpus + 8

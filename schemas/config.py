@@ -83,7 +83,7 @@ class CaptionConfig:
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
     decode_cpus: float = 1.0
-    write_cpus: float | None = None  # None: see ``write_task_cpus``
+    write_cpus: float | None = None  # None: see ``writer_cpus``
     # Decode tasks are throughput work: at a lower CPU priority they never delay the
     # captioner actor (its start, its GPU feeding), the writers or Ray's own processes.
     decode_niceness: int = 10
@@ -127,10 +127,10 @@ class CaptionConfig:
         return 0.0 if self.gpus_per_actor > 0 and self.decode_niceness > 0 else 1.0
 
     @property
-    def write_task_cpus(self) -> float:
-        """CPUs Ray reserves per write task: none while decode tasks run below the writers'
-        priority (a write waits on the disk more than it computes, and takes its CPU from
-        a decode task when it does), else a quarter."""
+    def writer_cpus(self) -> float:
+        """CPUs Ray reserves per shard writer: none while decode tasks run below the
+        writers' priority (a write waits on the disk more than it computes, and takes its
+        CPU from a decode task when it does), else a quarter."""
         if self.write_cpus is not None:
             return self.write_cpus
         return 0.0 if self.decode_niceness > 0 else 0.25

@@ -124,7 +124,7 @@ class ShardStats:
     ``pending`` (until its decode task started), ``read`` (the decode task reading the
     unit's input into samples), ``decode`` (joining tags, decoding, packing),
     ``to_captioner`` (decoded, until its caption call started: the captioner busy with
-    other units), ``caption`` (the call), ``to_writer`` (until its write task started) and
+    other units), ``caption`` (the call), ``to_writer`` (until its write started) and
     ``write``; besides, ``prepare_cpu``: the CPU seconds of the decode task's process over
     read and decode (well below their sum: it waited on storage, or for a core). Where the
     caption call's times are not known, ``queued`` stands for the three between decode and
