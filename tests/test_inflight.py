@@ -88,19 +88,21 @@ def test_capped_by_the_object_store():
 
 def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
     """Two CPUs: the template actor holds one, one decode slot, so 4 units once captions
-    flow; while the actor takes 2 s to start, all 10 units are handed out as fast as the
+    flow; while the actor takes 3 s to start, all 10 units are handed out as fast as the
     decode slot takes them (two at a time waiting to be decoded), not held back until the
-    actor is up (each shard's stats say when its unit was: ``finished_at - seconds``)."""
+    actor is up (each shard's stats say when its unit was: ``finished_at - seconds``). The
+    first two wait for the decode worker's start (up to about a second on two busy cores,
+    beside the actor's and the shard writer's), the rest follow within milliseconds."""
     sample = write_sample(str(tmp_path / "in"), shards=10, clips_per_shard=1, seconds=1.0)
     out = tmp_path / "out"
-    config = sample_config(sample, out, captioner="tests.plugins:SlowStartTemplate", captioner_options={"start_s": 2.0})
+    config = sample_config(sample, out, captioner="tests.plugins:SlowStartTemplate", captioner_options={"start_s": 3.0})
     assert run_caption(config) == 0
     stats = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.stats.json"))]
     assert len(stats) == 10
     submitted = [s["finished_at"] - s["seconds"] for s in stats]
-    assert max(submitted) - min(submitted) < 1.0, submitted
+    assert max(submitted) - min(submitted) < 2.0, submitted
     # The actor's start is in every unit's time: none was handed out after it.
-    assert min(s["seconds"] for s in stats) >= 2.0
+    assert min(s["seconds"] for s in stats) >= 3.0 - (max(submitted) - min(submitted))
 
 
 def test_store_fraction_from_the_environment(ray_local, monkeypatch):
