@@ -1,16 +1,29 @@
 """The run's shard writers: a fixed pool of actors (one per 8 CPUs of a node, at least one)
 that writes every unit's shard, each unit on a writer of the node that holds its payload."""
 
+import glob
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
+import psutil
 import webdataset as wds
 
+from tagcap.pipeline.caption import run_caption
+from tagcap.pipeline.sample import write_sample
 from tagcap.pipeline.shard_writers import writers_per_node
-from tests.helpers import cli_env
+from tests.helpers import (
+    SLOW_TEMPLATE,
+    check_output,
+    cli_env,
+    sample_config,
+    slow_caption_config,
+    start_caption,
+    tar_digests,
+)
 
 
 def test_one_writer_per_eight_cpus_of_a_node_and_at_least_one():
@@ -109,3 +122,33 @@ def test_each_unit_is_written_on_the_node_that_holds_its_payload(tmp_path):
         samples = list(wds.WebDataset(str(out / f"{i:06d}.tar"), shardshuffle=False))
         assert [s["json"] for s in samples] and len(samples) == 3
         assert all(len(s["flac"]) == 300_000 for s in samples)
+
+
+def test_a_writer_killed_mid_run_comes_back_and_the_shards_are_unchanged(ray_local, tmp_path):
+    """SIGKILL to the run's one shard writer once shards are being committed: Ray restarts
+    it, any write it had is its unit's failed attempt (retried), and the run ends with the
+    bytes of an undisturbed one."""
+    sample = write_sample(str(tmp_path / "in"), shards=8, clips_per_shard=2, seconds=1.0, seed=11)
+    reference = tmp_path / "reference"
+    assert run_caption(sample_config(sample, reference, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
+    out = tmp_path / "out"
+    config, env = slow_caption_config(tmp_path, out, sample, sleep=0.4)
+    proc = start_caption(config, env)
+    try:
+        deadline = time.time() + 120
+        while not glob.glob(str(out / "*.stats.json")) and time.time() < deadline:
+            time.sleep(0.05)
+        writers = [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if "ShardWriter" in " ".join(p.cmdline())
+        ]
+        assert len(writers) == 1, writers  # two CPUs: one writer
+        writers[0].kill()
+        committed_at_kill = len(glob.glob(str(out / "*.stats.json")))
+        code = proc.wait(timeout=240)
+        assert code == 0, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert committed_at_kill < 8  # the run was still writing when its writer went
+    assert tar_digests(str(out)) == tar_digests(str(reference))
+    check_output(str(out), expected_inputs=16)
