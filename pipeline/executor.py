@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayActorError, RayTaskError
 
-from tagcap.pipeline.shard_writers import WriterPool, planned_writers
+from tagcap.pipeline.shard_writers import WriterPool
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
@@ -188,6 +188,28 @@ def _describe_error(exc: BaseException, writer_ids: frozenset[str] = frozenset()
     if isinstance(exc, RayActorError):
         return "shard writer died" if getattr(exc, "actor_id", None) in writer_ids else "captioner actor died"
     return f"{type(exc).__name__}: {exc}"
+
+
+_ACTOR_TROUBLE = (RayActorError, ActorUnavailableError, ActorUnschedulableError, TimeoutError)
+
+
+def failed_actors(exc: BaseException, writer_ids: frozenset[str], writing: bool) -> tuple[bool, bool]:
+    """Which actors a failed attempt must wait for, (captioner, writer): the one its error
+    names, so that the driver does not queue a question behind a healthy captioner's calls
+    after a writer died. ``writing``: the unit timed out with its write sent (the timeout
+    restarted its writer, not its captioner). Only a writer is bound to a node, so an actor
+    that cannot be scheduled is one; an actor error that names no actor stands for both."""
+    trouble = exc.cause if isinstance(exc, RayTaskError) and isinstance(exc.cause, _ACTOR_TROUBLE) else exc
+    if not isinstance(trouble, _ACTOR_TROUBLE):
+        return False, False
+    if isinstance(trouble, ActorUnschedulableError):
+        return False, True
+    if isinstance(trouble, TimeoutError):
+        return not writing, writing
+    actor_id = getattr(trouble, "actor_id", None)
+    if actor_id is None:
+        return True, True
+    return actor_id not in writer_ids, actor_id in writer_ids
 
 
 _ACTOR_RECOVERY_S = 120.0
@@ -386,7 +408,8 @@ def run_units(
     if not units:
         return result
     n_actors = max(1, min(settings.actors, len(units)))
-    writers_cpus = planned_writers() * settings.write_cpus
+    writers = WriterPool(layout, storage, provenance, settings.write_cpus)
+    writers_cpus = writers.reserved_cpus
     actor_cpus = _actor_cpus(settings, n_actors, writers_cpus)
     limits = _inflight_limits(settings, n_actors, actor_cpus, writers_cpus)
     actor_cls = caption_actor_class(settings, actor_cpus)
@@ -395,7 +418,6 @@ def run_units(
         return actor_cls.remote(settings)
 
     actors = [new_actor() for _ in range(n_actors)]
-    writers = WriterPool(layout, storage, provenance, settings.write_cpus)
 
     def recover(i: int) -> None:
         """After an actor died: wait until Ray has restarted it (so retried units do not
@@ -436,16 +458,13 @@ def run_units(
             if on_done:
                 on_done(outcome)
             return
-        reason = _describe_error(outcome, writers.actor_ids())
-        # ActorUnschedulableError: a shard writer bound to a node that is gone.
-        actor_trouble = (RayActorError, ActorUnavailableError, ActorUnschedulableError, TimeoutError)
-        if isinstance(outcome, actor_trouble) or (
-            isinstance(outcome, RayTaskError) and isinstance(outcome.cause, actor_trouble)
-        ):
-            # Whichever of the two actors it was: one that is up answers at once.
+        writer_ids = writers.actor_ids()
+        reason = _describe_error(outcome, writer_ids)
+        captioner_failed, writer_failed = failed_actors(outcome, writer_ids, flight.write is not None)
+        if captioner_failed:
             recover(flight.actor)
-            if flight.writer is not None:
-                writers.recover(flight.writer)
+        if writer_failed and flight.writer is not None:
+            writers.recover(flight.writer)
         if flight.attempt < settings.max_attempts:
             result.retries += 1
             pending.appendleft((flight.unit, flight.attempt + 1))

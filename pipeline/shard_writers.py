@@ -76,11 +76,6 @@ def _cpu_nodes() -> list[tuple[str, float]]:
     return nodes
 
 
-def planned_writers() -> int:
-    """How many writers a pool started now would have."""
-    return sum(writers_per_node(cpus) for _, cpus in _cpu_nodes())
-
-
 @dataclass
 class _Writer:
     handle: Any
@@ -98,6 +93,11 @@ class WriterPool:
         self.writers = [self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus))]
         if not self.writers:
             raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
+
+    @property
+    def reserved_cpus(self) -> float:
+        """The CPUs the writers hold from Ray, all together."""
+        return len(self.writers) * self._cpus_each
 
     def _writer(self, node: str) -> _Writer:
         return _Writer(self._start(node), node)

@@ -152,3 +152,28 @@ def test_a_writer_killed_mid_run_comes_back_and_the_shards_are_unchanged(ray_loc
     assert committed_at_kill < 8  # the run was still writing when its writer went
     assert tar_digests(str(out)) == tar_digests(str(reference))
     check_output(str(out), expected_inputs=16)
+
+
+def test_a_failed_attempt_waits_for_the_actor_its_error_names():
+    from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayTaskError
+
+    from tagcap.pipeline.executor import _describe_error, failed_actors
+
+    writer_id, captioner_id = bytes(range(16)), bytes(range(16, 32))  # as Ray's ActorIDs
+    writers = frozenset({writer_id.hex()})
+    writer_died = ActorUnavailableError("gone", actor_id=writer_id)
+    captioner_died = ActorUnavailableError("gone", actor_id=captioner_id)
+    # (captioner, writer) to recover
+    assert failed_actors(writer_died, writers, writing=False) == (False, True)
+    assert failed_actors(captioner_died, writers, writing=False) == (True, False)
+    assert failed_actors(ActorUnschedulableError("node gone"), writers, writing=False) == (False, True)
+    assert failed_actors(ActorUnavailableError("gone", actor_id=None), writers, writing=False) == (True, True)
+    # A timed-out unit: its writer was restarted where its write had gone out, else its captioner.
+    assert failed_actors(TimeoutError("late"), writers, writing=True) == (False, True)
+    assert failed_actors(TimeoutError("late"), writers, writing=False) == (True, False)
+    # A task's own error is no actor's trouble; one wrapping an actor's is.
+    assert failed_actors(ValueError("bad clip"), writers, writing=False) == (False, False)
+    wrapped = RayTaskError("write_shard", "trace", captioner_died, type(captioner_died))
+    assert failed_actors(wrapped, writers, writing=False) == (True, False)
+    assert _describe_error(writer_died, writers) == "shard writer died"
+    assert _describe_error(captioner_died, writers) == "captioner actor died"
