@@ -54,7 +54,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     BASE_SITE,
     DECODE_SPEC,
-    FLAC_SITE,
     MODEL_RATE,
     RATE,
     TreeUsage,
@@ -66,7 +65,6 @@ from common import (
     machine,
     make_corpus,
     repeat_corpus,
-    site_first_env,
     write_results,
 )
 from tagcap.schemas.records import ShardStats, median_stage_seconds
@@ -219,9 +217,9 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             times.append(1000 * (time.perf_counter() - start))
         return round(statistics.median(times), 2)
 
-    out["host_copy_pageable_ms"] = copy_ms("0", 1)
+    out["host_copy_pageable_ms"] = copy_ms("pageable", 1)
     for threads in (1, 2, 4, 8):
-        out[f"host_copy_pinned_{threads}threads_ms"] = copy_ms("1", threads)
+        out[f"host_copy_pinned_{threads}threads_ms"] = copy_ms("pinned", threads)
     out["host_copy_registered_ms"] = copy_ms("register", 1)
     print("host copy", {k: v for k, v in out.items() if k.startswith("host_copy")}, flush=True)
 
@@ -240,7 +238,7 @@ def host_input(ckpt_dir: str, batch: int, repeats: int, calls: int) -> dict[str,
             results.append(batch * calls * threads / (time.perf_counter() - start))
         return round(statistics.median(results), 1)
 
-    for staging, name in (("0", "pageable"), ("1", "pinned"), ("register", "registered")):
+    for staging, name in (("pageable", "pageable"), ("pinned", "pinned"), ("register", "registered")):
         for threads in (1, 2):
             key = f"actor_host_{name}_{threads}calls_clips_per_s"
             out[key] = rate(staging, threads)
@@ -578,7 +576,8 @@ def e2e(
         trace = os.path.join(work, f"calls-{tag}-{r}")
         shutil.rmtree(trace, ignore_errors=True)
         os.makedirs(trace)
-        env = {**os.environ, **(extra_env or {}), "TAGCAP_RAY_TIMELINE": timeline, "TAGCAP_CALL_TRACE": trace}
+        cmd += ["--ray-timeline", timeline, "--call-trace", trace]
+        env = {**os.environ, **(extra_env or {})}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with TreeUsage(proc.pid) as usage:
@@ -696,53 +695,31 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
 
 COLD_INPUT = "cold_input"
 
-# Levers of the end-to-end run, each the default with one thing changed: flags, environment.
+# Levers of the end-to-end run, each the default with one thing changed (flags, and the
+# environment only for Ray's own settings and the base_code lever): the ablations that
+# reproduce the figures of docs/design/. Levers tried and not adopted are listed, with their
+# figures, in docs/performance-history.md.
 LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "full": ((), {}),
-    "no_writeback": ((), {"TAGCAP_WRITEBACK_MB": "0"}),
-    "pageable_h2d": ((), {"TAGCAP_H2D_STAGING": "0"}),  # the default before 2026-12-01's fourth session
-    "pinned_h2d": ((), {"TAGCAP_H2D_STAGING": "1"}),
-    "registered_h2d": ((), {"TAGCAP_H2D_STAGING": "register"}),
-    # Units in the air within half the object store (before 2026-12-01's fourth session).
-    "half_store": ((), {"TAGCAP_STORE_FRACTION": "0.5"}),
-    # Decode tasks handing freed memory back to the kernel after every unit (before
-    # 2026-12-01's fourth session).
-    "no_retain": ((), {"TAGCAP_RETAIN_FREED_MEMORY": "0"}),
-    # The resources before 2026-12-01's later change: the GPU actor and each write task
-    # reserving CPUs (14-15 decode slots on 16 cores instead of 16).
+    "no_writeback": (("--tuning", "writeback_mb=0"), {}),
+    "pageable_h2d": (("--tuning", "h2d_staging=pageable"), {}),
+    "half_store": (("--tuning", "store_fraction=0.5"), {}),
+    "no_retain": (("--tuning", "retain_freed_memory=false"), {}),
+    # The GPU actor and each writer reserving CPUs (fewer decode slots).
     "old_resources": (("--cpus-per-actor", "1", "--write-cpus", "0.25"), {}),
-    # The in-flight policy before: one fixed limit (16 slots + 1 actor, doubled), units
-    # being written counted against it, none more while the actor starts.
+    # One fixed in-flight limit, units being written counted against it.
     "no_start_allowance": (("--max-inflight", "34"), {}),
-    # How the captioner actor's threads wait for the GPU: CUDA's default, which spins on a
-    # core while the GPU works (the default before 2026-12-01's fifth session).
-    "cuda_auto_sync": ((), {"TAGCAP_CUDA_SYNC": "auto"}),
-    # 20 decode slots on 16 cores instead of 16: whether the tasks wait on something
-    # other than a core.
-    "more_slots": (("--decode-cpus", "0.8"), {}),
-    # Ray starting at most two worker processes at a time (its default: as many as CPUs).
-    "startup2": ((), {"RAY_worker_maximum_startup_concurrency": "2"}),
-    # Three caption calls at once in the captioner actor instead of two.
-    "three_calls": (("--actor-threads", "3"), {}),
-    # Ray's API server and autoscaler monitor started with the embedded Ray, as Ray does
-    # (tagcap skipped them from 2026-12-01's seventh session on).
-    "head_services": ((), {"TAGCAP_RAY_HEAD_SERVICES": "1"}),
-    # Decoded units not mapped into the captioner actor ahead of their calls (the default
-    # before 2026-12-01's eighth session).
-    "no_map_ahead": ((), {"TAGCAP_MAP_AHEAD": "0"}),
+    "cuda_auto_sync": (("--tuning", "cuda_sync=auto"), {}),
+    "head_services": (("--tuning", "ray_head_services=true"), {}),
+    "no_map_ahead": (("--tuning", "map_ahead=false"), {}),
+    "nice0": (("--decode-niceness", "0"), {}),
     # The input read from the disk, not the page cache (each run's input evicted from it
     # first): what a corpus larger than memory sees. The same run otherwise.
     COLD_INPUT: ((), {}),
-    # The code before this session's changes, the same run otherwise: a tagcap installed
-    # under BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on
-    # the path of the run and of every Ray process it starts.
+    # The code of an earlier commit, the same run otherwise: a tagcap installed under
+    # BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on the
+    # path of the run and of every Ray process it starts.
     "base_code": ((), base_code_env()),
-    # Ray not starting a worker process per CPU when the run's driver connects: the run's
-    # decode tasks started 16 processes of their own beside those, which then stood idle.
-    "no_first_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
-    # dr_flac built for the machine's CPU generation (common.FLAC_SITE), the same run
-    # otherwise: how much a decoder built with SSE4.1 moves a decode-bound run.
-    "native_flac": ((), site_first_env(FLAC_SITE)),
 }
 
 
@@ -789,8 +766,6 @@ def main() -> None:
                 "e2e_none",
                 "e2e_inflight",
                 "e2e_scaling",
-                "e2e_decode_threads",
-                "e2e_nice0",
                 "e2e_levers",
                 "e2e_long",
             ),
@@ -884,17 +859,6 @@ def main() -> None:
                 long_runs.setdefault(tag, []).append(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
         figures.update(_medians_of_runs(long_runs))
         figures["caption_e2e_long_clips_per_s"] = figures.get("e2e_long_clips_per_s")
-    if "e2e_nice0" in what:
-        # Lever: decode tasks at the actor's priority (the default runs them at nice 10).
-        figures.update(
-            e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "nice0", ("--decode-niceness", "0"))
-        )
-    if "e2e_decode_threads" in what:
-        # Lever: a unit decoded by a task of 2 CPUs on 2 threads (half the latency per unit:
-        # earlier first batches, a shorter tail; as many CPUs decoding).
-        figures.update(
-            e2e(ckpt, corpus, args.work, args.repeats, args.batch, 1, 1.0, "decode2", ("--decode-cpus", "2"))
-        )
     if "e2e_scaling" in what:
         # Issue 5: one captioner actor per GPU, on 1 and on every GPU, the same input.
         gpus = max(1, torch.cuda.device_count())

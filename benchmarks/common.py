@@ -49,14 +49,7 @@ DECODE_SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 
 
 # An earlier tagcap, installed here to run beside the current one (the base_code levers;
 # gpu_suite.sh installs .whl/base/ here and its commit as BASE_COMMIT).
-BASE_SITE = os.environ.get("TAGCAP_BENCH_BASE_SITE", "/tmp/site-base")
-
-
-# miniaudio (dr_flac) built from source for the machine's CPU generation
-# (PYMINIAUDIO_EXTRA_CFLAGS=-march=x86-64-v2, SSE4.1 included; PyPI's wheel is built for
-# SSE2 only), installed here to run beside PyPI's (the native_flac lever; gpu_suite.sh
-# installs .whl/flac/ here).
-FLAC_SITE = os.environ.get("TAGCAP_BENCH_FLAC_SITE", "/tmp/site-flac")
+BASE_SITE = "/tmp/site-base"
 
 
 def site_first_env(site: str) -> dict[str, str]:

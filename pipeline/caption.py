@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import tagcap
-from tagcap.pipeline.executor import ExecutionSettings, map_ahead_from_env, run_units
+from tagcap.pipeline.executor import ExecutionSettings, run_units
 from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.outputs import committed_shards, read_manifest, read_stats, write_manifest, write_sizes
 from tagcap.pipeline.plan import Plan, PlanError, plan_units
@@ -30,13 +30,22 @@ from tagcap.schemas.records import median_stage_seconds
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
-from tagcap.workers.cuda_runtime import DEFAULT_SYNC, sync_mode_from_env
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
 
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one line before any work starts."""
+
+
+class RunInterrupted(Exception):
+    """The run was interrupted (Ctrl-C): what was committed stays, and a rerun of the same
+    command resumes from there."""
+
+    def __init__(self, committed: int, total: int):
+        super().__init__(f"interrupted: {committed} of {total} shards committed; rerun the same command to resume")
+        self.committed = committed
+        self.total = total
 
 
 @dataclass
@@ -53,8 +62,6 @@ class Prepared:
     identity: str
     metadata_digest: dict[str, str]
     filter_params: dict | None = None
-    cuda_sync: str = DEFAULT_SYNC  # how a GPU actor's threads wait (workers.cuda_runtime)
-    map_ahead: bool | None = None  # TAGCAP_MAP_AHEAD (ExecutionSettings.map_ahead)
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -94,12 +101,6 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         info = captioners.describe(config.captioner, _captioner_config(config))
     except captioners.CaptionerSpecError as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        cuda_sync = sync_mode_from_env()
-        map_ahead = map_ahead_from_env()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
     digest: dict[str, str] = {}
     label_bytes = _read(storage, config.labels, "label file")
     digest[config.labels] = hashlib.sha256(label_bytes).hexdigest()
@@ -146,8 +147,6 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         identity,
         digest,
         filter_params,
-        cuda_sync,
-        map_ahead,
     )
 
 
@@ -194,6 +193,49 @@ def _typical_unit_bytes(prep: Prepared) -> int | None:
     return int(per_unit)
 
 
+def execution_settings(prep: Prepared) -> ExecutionSettings:
+    """What the captioner actors and the scheduler are given of the run's configuration."""
+    config = prep.config
+    return ExecutionSettings(
+        captioner_spec=config.captioner,
+        captioner_config=_captioner_config(config),
+        batch_size=config.batch_size,
+        actors=config.actors,
+        gpus_per_actor=config.gpus_per_actor,
+        cpus_per_actor=config.actor_cpus,
+        decode_cpus=config.decode_cpus,
+        write_cpus=config.writer_cpus,
+        max_inflight=config.max_inflight,
+        actor_threads=config.actor_threads or getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1),
+        max_attempts=config.max_attempts,
+        unit_timeout_s=config.unit_timeout_s,
+        filter_spec=config.filter,
+        filter_rule=config.filter_rule,
+        storage_options=config.storage_options,
+        unit_bytes=_typical_unit_bytes(prep),
+        captioner_id=prep.info.captioner_id,
+        tuning=config.tuning,
+        call_trace=config.call_trace,
+    )
+
+
+def decode_spec(config: CaptionConfig, info: CaptionerInfo) -> DecodeSpec:
+    """What every decode task is given of the run's configuration."""
+    return DecodeSpec(
+        sample_rate=info.sample_rate,
+        clip_samples=info.clip_samples,
+        audio_mode=config.audio,
+        min_clip_seconds=config.min_clip_seconds,
+        max_clip_seconds=config.max_clip_seconds,
+        min_sample_rate=config.min_sample_rate,
+        max_sample_rate=config.max_sample_rate,
+        max_json_bytes=config.max_json_bytes,
+        threads=max(1, int(config.decode_cpus)),  # a task's CPUs decode its unit's clips side by side
+        niceness=config.decode_niceness,
+        retain_freed_memory=config.tuning.retain_freed_memory,
+    )
+
+
 def run_caption(config: CaptionConfig) -> int:
     """Run (or resume) a caption job. Returns the process exit status."""
     prep = prepare_run(config)
@@ -207,6 +249,10 @@ def run_caption(config: CaptionConfig) -> int:
         raise ConfigError(f"output {config.output} is not writable: {exc}") from None
     try:
         return _run_leased(prep)
+    except KeyboardInterrupt:
+        # The embedded Ray has been shut down on the way out; the lease goes below.
+        done = committed_shards(prep.layout, prep.storage)
+        raise RunInterrupted(len(done), len(prep.plan.units)) from None
     finally:
         lease.release()
 
@@ -237,39 +283,8 @@ def _run_leased(prep: Prepared) -> int:
         f"captioner {prep.info.captioner_id}, output {config.output}",
         file=sys.stderr,
     )
-    settings = ExecutionSettings(
-        captioner_spec=config.captioner,
-        captioner_config=_captioner_config(config),
-        batch_size=config.batch_size,
-        actors=config.actors,
-        gpus_per_actor=config.gpus_per_actor,
-        cpus_per_actor=config.actor_cpus,
-        decode_cpus=config.decode_cpus,
-        write_cpus=config.writer_cpus,
-        max_inflight=config.max_inflight,
-        actor_threads=config.actor_threads or getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1),
-        max_attempts=config.max_attempts,
-        unit_timeout_s=config.unit_timeout_s,
-        filter_spec=config.filter,
-        filter_rule=config.filter_rule,
-        storage_options=config.storage_options,
-        unit_bytes=_typical_unit_bytes(prep),
-        captioner_id=prep.info.captioner_id,
-        cuda_sync=prep.cuda_sync,
-        map_ahead=prep.map_ahead,
-    )
-    decode = DecodeSpec(
-        sample_rate=prep.info.sample_rate,
-        clip_samples=prep.info.clip_samples,
-        audio_mode=config.audio,
-        min_clip_seconds=config.min_clip_seconds,
-        max_clip_seconds=config.max_clip_seconds,
-        min_sample_rate=config.min_sample_rate,
-        max_sample_rate=config.max_sample_rate,
-        max_json_bytes=config.max_json_bytes,
-        threads=max(1, int(config.decode_cpus)),  # a task's CPUs decode its unit's clips side by side
-        niceness=config.decode_niceness,
-    )
+    settings = execution_settings(prep)
+    decode = decode_spec(config, prep.info)
     provenance = ProvenanceInfo(
         captioner_id=prep.info.captioner_id,
         checkpoint_sha256=prep.info.checkpoint_sha256,
@@ -281,7 +296,14 @@ def _run_leased(prep: Prepared) -> int:
     try:
         # Nothing left to do (a rerun of a finished job): no Ray to start, only the commit.
         session = (
-            ray_session(config.ray_address, config.num_cpus, config.object_store_memory, config.dashboard)
+            ray_session(
+                config.ray_address,
+                config.num_cpus,
+                config.object_store_memory,
+                config.dashboard,
+                head_services=config.tuning.ray_head_services,
+                timeline=config.ray_timeline,
+            )
             if todo
             else contextlib.nullcontext()
         )

@@ -17,56 +17,72 @@ from typing import Any
 import yaml
 
 from tagcap.schemas.config import CaptionConfig
+from tagcap.schemas.tuning import Tuning
 
 
 def _caption_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="caption tagged audio into WebDataset shards")
-    p.add_argument("--config", help="YAML file with any of the options below")
-    p.add_argument("--input", action="append", help="input URL: brace pattern, glob, @list file or folder (repeatable)")
-    p.add_argument("--segments", help="AudioSet segment CSV URL(s), comma-separated")
-    p.add_argument("--labels", help="class_labels_indices.csv or ontology.json URL")
-    p.add_argument("--output", help="output root URL")
-    p.add_argument("--captioner", help="template | blat:PATH | hf:PATH | package.module:ClassName")
-    p.add_argument("--filter", help="caption filter: clap:CHECKPOINT (from tagcap pretrain)")
-    p.add_argument("--filter-rule", help="best>=T (BLAT, default best>=0.5) | beats-tags (AudioSetCaps)")
-    p.add_argument("--audio", help="copy (default) | flac:RATE | none")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--gpus-per-actor", type=float)
-    p.add_argument(
+    p.add_argument("--config", help="YAML file with any of the options below (and a tuning: mapping)")
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input", action="append", help="input URL: brace pattern, glob, @list file, folder (repeatable)")
+    io.add_argument("--segments", help="AudioSet segment CSV URL(s), comma-separated")
+    io.add_argument("--labels", help="class_labels_indices.csv or ontology.json URL")
+    io.add_argument("--output", help="output root URL")
+    io.add_argument("--audio", help="copy (default) | flac:RATE | none")
+    io.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs (default 256)")
+    io.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
+    io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    cap = p.add_argument_group("captioner")
+    cap.add_argument("--captioner", help="template | blat:PATH | hf:PATH | package.module:ClassName")
+    cap.add_argument("--filter", help="caption filter: clap:CHECKPOINT (from tagcap pretrain)")
+    cap.add_argument("--filter-rule", help="best>=T (BLAT, default best>=0.5) | beats-tags (AudioSetCaps)")
+    cap.add_argument("--batch-size", type=int, help="clips per captioner call (default 64)")
+    cap.add_argument("--seed", type=int)
+    res = p.add_argument_group("resources")
+    res.add_argument("--actors", type=int, help="captioner actors (default 1)")
+    res.add_argument("--gpus-per-actor", type=float, help="GPUs per captioner actor, fractional allowed (default 0)")
+    res.add_argument(
         "--cpus-per-actor",
         type=float,
         help="CPUs per captioner actor (default 1; 0 for a GPU actor while decode tasks run at a lower priority)",
     )
-    p.add_argument("--actors", type=int)
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
-    p.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs")
-    p.add_argument(
-        "--max-inflight",
-        type=int,
-        help="work units in flight at once (default: 2 x (decode slots + actors), within half the object store)",
-    )
-    p.add_argument("--actor-threads", type=int, help="concurrent calls per captioner actor (default: the captioner's)")
-    p.add_argument("--max-attempts", type=int, help="attempts per shard before it is reported failed")
-    p.add_argument("--unit-timeout-s", type=float, help="cancel and retry a unit in flight longer than this")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
-    p.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")
-    p.add_argument("--decode-cpus", type=float, help="CPUs per decode task")
-    p.add_argument(
+    res.add_argument("--decode-cpus", type=float, help="CPUs per decode task, each decoding a clip (default 1)")
+    res.add_argument(
         "--write-cpus",
         type=float,
         help="CPUs each shard writer reserves (default 0 with decode tasks at a lower priority, else 0.25)",
     )
-    p.add_argument(
+    res.add_argument(
         "--decode-niceness",
         type=int,
         help="nice value of decode tasks (default 10: below the captioner actors and writers; 0: as they are)",
     )
-    p.add_argument(
+    res.add_argument("--actor-threads", type=int, help="calls at once per captioner actor (default: the captioner's)")
+    cluster = p.add_argument_group("cluster")
+    cluster.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
+    cluster.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: the machine's)")
+    cluster.add_argument("--object-store-memory", type=int, help="bytes of object store for the embedded Ray")
+    cluster.add_argument(
         "--dashboard", action="store_true", default=None, help="start the embedded Ray's dashboard (on 127.0.0.1)"
     )
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    adv = p.add_argument_group("advanced")
+    adv.add_argument(
+        "--max-inflight",
+        type=int,
+        help="work units in the air at once (default: 2 x (decode slots + actors) ahead of the captioners, "
+        "all within tuning.store_fraction, 80%%, of the object store)",
+    )
+    adv.add_argument("--max-attempts", type=int, help="attempts per shard before it is reported failed (default 3)")
+    adv.add_argument("--unit-timeout-s", type=float, help="cancel and retry a unit in flight longer than this")
+    adv.add_argument(
+        "--tuning",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an advanced setting (repeatable; over the YAML's tuning: mapping): "
+        + ", ".join(f.name for f in fields(Tuning)),
+    )
+    adv.add_argument("--ray-timeline", metavar="PATH", help="write Ray's task timeline (Chrome trace JSON) here")
+    adv.add_argument("--call-trace", metavar="DIR", help="captioner actors write where each call's time went here")
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -205,7 +221,12 @@ def load_options(args: argparse.Namespace, cls: type, list_fields: set[str], req
 
 
 def caption_config(args: argparse.Namespace) -> CaptionConfig:
-    return load_options(args, CaptionConfig, {"input", "segments"}, ("input", "segments", "labels", "output"))
+    assignments = getattr(args, "tuning", None) or []
+    args.tuning = None  # --tuning KEY=VALUE goes over the YAML's tuning: mapping, not in place of it
+    config = load_options(args, CaptionConfig, {"input", "segments"}, ("input", "segments", "labels", "output"))
+    if assignments:
+        config.tuning = config.tuning.updated(assignments)
+    return config
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -299,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare-captions":
         return _prepare_captions(args)
     if args.command == "caption":
-        from tagcap.pipeline.caption import ConfigError, run_caption
+        from tagcap.pipeline.caption import ConfigError, RunInterrupted, run_caption
 
         try:
             config = caption_config(args)
@@ -307,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ValueError) as exc:
             print(f"tagcap caption: error: {exc}", file=sys.stderr)
             return 2
+        except RunInterrupted as exc:
+            print(f"tagcap caption: {exc}", file=sys.stderr)
+            return 130
     return 2
 
 

@@ -16,7 +16,6 @@ shards go on.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import deque
@@ -31,10 +30,11 @@ from tagcap.pipeline.shard_writers import WriterPool
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
+from tagcap.schemas.tuning import Tuning
 from tagcap.schemas.work import CaptionedUnit, CaptionResult, DecodeSpec, ModelBatch, WorkUnit
+from tagcap.workers.actor_settings import apply_actor_tuning
 from tagcap.workers.captioners import build
 from tagcap.workers.captioners.base import CaptionerInfo, caption_in_batches
-from tagcap.workers.cuda_runtime import DEFAULT_SYNC
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
 from tagcap.workers.store_pages import map_pages
@@ -72,28 +72,21 @@ class ExecutionSettings:
     storage_options: dict[str, Any] = field(default_factory=dict)
     unit_bytes: int | None = None  # typical input bytes of a unit (sizes the default in-flight)
     captioner_id: str | None = None  # what the driver recorded in the manifest; actors must match it
-    # How a GPU actor's threads wait for the GPU (workers.cuda_runtime). Read from the
-    # driver's environment and carried here: a joined cluster's actors do not inherit it.
-    cuda_sync: str = DEFAULT_SYNC
-    # Whether each decoded unit's pages are mapped into its actor while it waits for its
-    # caption call (CaptionActor.map_input); None: where the actor has a GPU.
-    map_ahead: bool | None = None
+    # The run's advanced settings, carried to every actor (a joined cluster's workers
+    # obey the driver's values, whatever their own environment holds).
+    tuning: Tuning = field(default_factory=Tuning)
+    call_trace: str | None = None  # a folder: each actor writes where its calls' time went
 
     @property
     def maps_ahead(self) -> bool:
-        return self.gpus_per_actor > 0 if self.map_ahead is None else self.map_ahead
+        """Whether each decoded unit's pages are mapped into its actor while it waits for
+        its caption call (CaptionActor.map_input); by default where the actor has a GPU."""
+        map_ahead = self.tuning.map_ahead
+        return self.gpus_per_actor > 0 if map_ahead is None else map_ahead
 
 
 # The actor's thread for map_input, beside its caption calls' threads.
 MAP_INPUT_GROUP = "map_input"
-
-
-def map_ahead_from_env() -> bool | None:
-    """``TAGCAP_MAP_AHEAD`` (0 or 1) where set: whether actors map units ahead."""
-    value = os.environ.get("TAGCAP_MAP_AHEAD", "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"TAGCAP_MAP_AHEAD={value!r}: expected 0 or 1")
-    return None if value == "" else value == "1"
 
 
 class CaptionActor:
@@ -102,12 +95,8 @@ class CaptionActor:
 
     def __init__(self, settings: ExecutionSettings):
         started = time.perf_counter()
-        waits = ""
-        if settings.gpus_per_actor > 0:
-            # Before the captioner first touches the GPU, so its context starts this way.
-            from tagcap.workers.cuda_runtime import set_sync_mode
-
-            waits = f", GPU waits {settings.cuda_sync}" + ("" if set_sync_mode(settings.cuda_sync) else " (refused)")
+        self.applied = apply_actor_tuning(settings.tuning, settings.gpus_per_actor > 0, settings.call_trace)
+        waits = f", GPU waits {self.applied['cuda_sync']}" if "cuda_sync" in self.applied else ""
         self.captioner = build(settings.captioner_spec, settings.captioner_config)
         built = time.perf_counter()
         loaded = self.captioner.info.captioner_id
@@ -140,6 +129,10 @@ class CaptionActor:
 
     def info(self) -> CaptionerInfo:
         return self.captioner.info
+
+    def settings_in_effect(self) -> dict[str, Any]:
+        """What this actor's process applied of the run's tuning and diagnostics."""
+        return dict(self.applied)
 
     @ray.method(concurrency_group=MAP_INPUT_GROUP)
     def map_input(self, batch: ModelBatch) -> int:
@@ -282,10 +275,10 @@ class InflightLimits:
 # InflightLimits for why not more).
 UNDECODED_PER_SLOT = 2
 
-# The share of the object store that units in the air may fill (TAGCAP_STORE_FRACTION
-# overrides it). The rest is slack for the store's own fragmentation and what Ray keeps
-# there; a full store spills to disk rather than fail, but slowly.
-STORE_FRACTION = 0.8
+# The share of the object store that units in the air may fill by default
+# (tuning.store_fraction). The rest is slack for the store's own fragmentation and what
+# Ray keeps there; a full store spills to disk rather than fail, but slowly.
+STORE_FRACTION = Tuning().store_fraction
 
 
 def inflight_limits(
@@ -341,11 +334,6 @@ def _inflight_limits(
     if settings.max_inflight:  # that many in the air, writing or not, decoding at two per slot
         slots = decode_slots(float(resources.get("CPU", 1.0)), n_actors, actor_cpus, settings.decode_cpus, writers_cpus)
         return InflightLimits(settings.max_inflight, float(settings.max_inflight), decoding=UNDECODED_PER_SLOT * slots)
-    fraction = os.environ.get("TAGCAP_STORE_FRACTION", "")
-    try:
-        store_fraction = min(1.0, max(0.01, float(fraction))) if fraction else STORE_FRACTION
-    except ValueError:
-        raise ValueError(f"TAGCAP_STORE_FRACTION={fraction!r} is not a number between 0 and 1") from None
     return inflight_limits(
         float(resources.get("CPU", 1.0)),
         float(resources.get("object_store_memory", 0.0)),
@@ -354,7 +342,7 @@ def _inflight_limits(
         settings.decode_cpus,
         settings.unit_bytes,
         writers_cpus,
-        store_fraction,
+        settings.tuning.store_fraction,
     )
 
 
@@ -408,7 +396,7 @@ def run_units(
     if not units:
         return result
     n_actors = max(1, min(settings.actors, len(units)))
-    writers = WriterPool(layout, storage, provenance, settings.write_cpus)
+    writers = WriterPool(layout, storage, provenance, settings.write_cpus, settings.tuning.writeback_bytes)
     writers_cpus = writers.reserved_cpus
     actor_cpus = _actor_cpus(settings, n_actors, writers_cpus)
     limits = _inflight_limits(settings, n_actors, actor_cpus, writers_cpus)

@@ -6,15 +6,17 @@ joins an existing cluster (tagcap must be installed on its nodes, as the deploy/
 Wherever a dashboard runs, its address is printed on stderr, so a long job can be watched.
 
 The embedded Ray starts without the two head processes that a single fixed-size node has no
-use for unless its dashboard is asked for (:func:`_without_idle_head_services`): the API
-server (which Ray 2.60 starts, and waits on, even with ``include_dashboard=False``) and the
-autoscaler monitor (which takes Ray's full one-second grace period to stop).
-``TAGCAP_RAY_HEAD_SERVICES=1`` starts them as Ray does.
+use for unless its dashboard is asked for (``pipeline.ray_private``): the API server (which
+Ray 2.60 starts, and waits on, even with ``include_dashboard=False``) and the autoscaler
+monitor (which takes Ray's full one-second grace period to stop). ``tuning.ray_head_services``
+starts them as Ray does. Its token authentication stays on: where ``RAY_AUTH_MODE`` is not
+set, the embedded Ray is started with it set to ``token`` (Ray's default for a new local
+cluster), which also keeps Ray from printing its notice about that default on every run.
 
 A cluster tagcap joins should be started with the same worker limit
 (``RAY_num_workers_soft_limit``, see :func:`worker_soft_limit`; the deploy/ files set it).
 
-``TAGCAP_RAY_TIMELINE=PATH`` writes Ray's task timeline (Chrome trace JSON: every task and
+``timeline`` (``--ray-timeline PATH``) writes Ray's task timeline (Chrome trace JSON: every task and
 actor call with its worker, start and end) to PATH when the session ends: what the
 benchmarks use to see which stage a run waits on. The captioner actors are killed at the end
 of a run, so their last calls (on a short run, all of them) may be missing from it.
@@ -30,7 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
-from ray._private import ray_constants
+
+from tagcap.pipeline import ray_private
 
 
 def worker_soft_limit(cpus: int) -> int:
@@ -42,54 +45,14 @@ def worker_soft_limit(cpus: int) -> int:
     return cpus + 8
 
 
-# Ray's head-node start-up steps that the embedded Ray skips (methods of its Node class).
-_IDLE_HEAD_SERVICES = ("start_api_server", "start_monitor")
-
-
-@contextmanager
-def _without_idle_head_services() -> Iterator[None]:
-    """While Ray starts an embedded node: no API server and no autoscaler monitor.
-
-    The API server is a Python process serving the dashboard, the job and state APIs and,
-    without the dashboard, only usage statistics; ``ray.init`` waits until it has
-    registered. The monitor scales a cluster that here has one fixed node, and at shutdown
-    ignores SIGTERM until Ray's one-second grace period kills it. Without them the session
-    opened in 2.15 s instead of 3.88 s and closed in 0.37 s instead of 1.41 s on the 2-core
-    machine (medians of 5, ``benchmarks/ray_start_bench.py``), and a 61,440-clip run's Ray
-    start and stop took a second less each on the GPU host (benchmarks/RESULTS.md).
-
-    They are skipped by replacing those two steps of Ray's private ``Node`` class for the
-    duration of ``ray.init`` (Ray has no option for it). Where a Ray release lacks either
-    method, nothing is replaced and Ray starts as it always does."""
-    from ray._private import node as ray_node
-
-    saved = {name: getattr(ray_node.Node, name, None) for name in _IDLE_HEAD_SERVICES}
-    if any(method is None for method in saved.values()):
-        yield
-        return
-    for name in saved:
-        setattr(ray_node.Node, name, _skipped_service)
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(ray_node.Node, name, method)
-
-
-def _skipped_service(self: object, *args: object, **kwargs: object) -> None:
-    return None
-
-
-def _head_services_wanted(dashboard: bool) -> bool:
-    return dashboard or os.environ.get("TAGCAP_RAY_HEAD_SERVICES", "") == "1"
-
-
 @contextmanager
 def ray_session(
     address: str | None,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     dashboard: bool = False,
+    head_services: bool = False,
+    timeline: str | None = None,
 ) -> Iterator[None]:
     if ray.is_initialized():
         # Already connected (a test fixture, or a user's own session): use it, leave it up.
@@ -98,15 +61,14 @@ def ray_session(
     if address:
         context = ray.init(address=address, log_to_driver=False)
     else:
-        # Ray listened on every interface on Linux unless this is off, even with the node
-        # address pinned to loopback (measured with Ray 2.60). Ray reads it into a
-        # constant when first imported, which has happened by now: set both, the variable
-        # for the processes ray.init starts and the constant for this one. Only here, for
-        # the embedded Ray: a driver joining a real cluster must be reachable from it.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
+        # Only here, for the embedded Ray: a driver joining a real cluster must be
+        # reachable from it.
+        ray_private.loopback_only()
+        # Token authentication on, said explicitly: Ray's default for a new local cluster,
+        # without its notice about that default on every run.
+        ray_private.token_auth_on()
         cpus = num_cpus or os.cpu_count() or 1
-        lean = contextlib.nullcontext() if _head_services_wanted(dashboard) else _without_idle_head_services()
+        lean = contextlib.nullcontext() if dashboard or head_services else ray_private.without_idle_head_services()
         with lean:
             context = ray.init(
                 address="local",  # a new embedded instance even where a `ray start` cluster runs
@@ -124,7 +86,6 @@ def ray_session(
     try:
         yield
     finally:
-        timeline = os.environ.get("TAGCAP_RAY_TIMELINE")
         if timeline:
             started = time.perf_counter()
             ray.timeline(filename=timeline)

@@ -31,7 +31,7 @@ from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
 from tagcap.schemas.work import CaptionedUnit, UnitPayload
 from tagcap.workers.storage import Storage
-from tagcap.workers.writer import ProvenanceInfo, write_shard
+from tagcap.workers.writer import DEFAULT_WRITEBACK_BYTES, ProvenanceInfo, write_shard
 
 # Writes one writer runs at once. A unit's write took 0.37-0.43 s (medians) at about 6.5
 # units a second on the 16-core GPU host: about 3 at once on average, more in the burst
@@ -47,10 +47,11 @@ class ShardWriter:
     """Writes shards for one run: the layout, storage and provenance are the run's, given
     once; each call brings a unit's payload and its captions."""
 
-    def __init__(self, layout: OutputLayout, storage: Storage, provenance: ProvenanceInfo):
+    def __init__(self, layout: OutputLayout, storage: Storage, provenance: ProvenanceInfo, writeback: int):
         self.layout = layout
         self.storage = storage
         self.provenance = provenance
+        self.writeback = writeback  # tuning.writeback_mb, in bytes
 
     def node(self) -> str:
         """The Ray node this writer runs on (and an answer that it is up)."""
@@ -59,7 +60,9 @@ class ShardWriter:
     def write_shard(self, payload: UnitPayload, captioned: CaptionedUnit, started: float) -> ShardStats:
         """``started``: when the driver submitted the unit (unix seconds), for its stats."""
         window = (captioned.started_at, captioned.finished_at)
-        return write_shard(payload, captioned.results, self.layout, self.storage, self.provenance, started, window)
+        return write_shard(
+            payload, captioned.results, self.layout, self.storage, self.provenance, started, window, self.writeback
+        )
 
 
 def writers_per_node(cpus: float) -> int:
@@ -86,8 +89,15 @@ class _Writer:
 class WriterPool:
     """The run's writers, and which of them each unit's write goes to."""
 
-    def __init__(self, layout: OutputLayout, storage: Storage, provenance: ProvenanceInfo, cpus_each: float):
-        self._args = (layout, storage, provenance)
+    def __init__(
+        self,
+        layout: OutputLayout,
+        storage: Storage,
+        provenance: ProvenanceInfo,
+        cpus_each: float,
+        writeback: int = DEFAULT_WRITEBACK_BYTES,
+    ):
+        self._args = (layout, storage, provenance, writeback)
         self._cls = ray.remote(ShardWriter)
         self._cpus_each = cpus_each
         self.writers = [self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus))]

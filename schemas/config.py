@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tagcap.schemas.tuning import Tuning
+
 # Fields that do not change output bytes: resuming with other values is allowed.
 EXECUTION_FIELDS = frozenset(
     {
@@ -32,6 +34,9 @@ EXECUTION_FIELDS = frozenset(
         "object_store_memory",
         "num_cpus",
         "dashboard",
+        "tuning",
+        "ray_timeline",
+        "call_trace",
     }
 )
 
@@ -96,8 +101,16 @@ class CaptionConfig:
     min_sample_rate: int = 4000
     max_sample_rate: int = 384000
     max_json_bytes: int = 1 << 20
+    # Advanced settings (the YAML's ``tuning:`` mapping; see schemas/tuning.py).
+    tuning: Tuning = field(default_factory=Tuning)
+    # Diagnostics: Ray's task timeline written here when the run ends (Chrome trace JSON).
+    ray_timeline: str | None = None
+    # Diagnostics: a folder where each captioner actor writes where its calls' time went.
+    call_trace: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tuning, Tuning):
+            self.tuning = Tuning.from_mapping(self.tuning)
         AudioMode.parse(self.audio)
         if self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")

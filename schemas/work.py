@@ -44,6 +44,7 @@ class DecodeSpec:
     max_json_bytes: int
     threads: int = 1  # clips decoded at once in one task (its CPUs)
     niceness: int = 0  # the decoding thread's nice value at least this (see ``prepare_unit``)
+    retain_freed_memory: bool = True  # tuning.retain_freed_memory, applied by the decode task
 
 
 @dataclass(frozen=True)

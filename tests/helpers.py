@@ -272,7 +272,7 @@ def start_caption(config: str, env: dict[str, str], *extra: str) -> subprocess.P
 
 def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str, dict[str, str]]:
     """A `tagcap caption --config` file for the sample with the slowed-down template
-    captioner, and an environment that sets how slow (TAGCAP_TEST_SLEEP does not change the
+    captioner, and an environment that sets how slow (SLOW_TEMPLATE_SLEEP does not change the
     run's identity, so reruns without it resume the same run)."""
     path = tmp_path / f"{os.path.basename(str(out))}.yaml"
     path.write_text(
@@ -290,4 +290,4 @@ def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str,
             }
         )
     )
-    return str(path), {**cli_env(), "TAGCAP_TEST_SLEEP": str(sleep)}
+    return str(path), {**cli_env(), "SLOW_TEMPLATE_SLEEP": str(sleep)}

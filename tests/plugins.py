@@ -30,7 +30,7 @@ class SlowTemplate(_Plugin):
 
     def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
         # The environment can slow it further without changing the run's identity.
-        time.sleep(float(os.environ.get("TAGCAP_TEST_SLEEP", self.config.get("sleep", 0.4))))
+        time.sleep(float(os.environ.get("SLOW_TEMPLATE_SLEEP", self.config.get("sleep", 0.4))))
         return super().__call__(batch)
 
 

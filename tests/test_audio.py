@@ -208,7 +208,7 @@ def test_registered_copies_match_pageable_ones_from_calls_at_once(monkeypatch):
     buffer = (rng.standard_normal(8 * 48000 + 777) * 3000).astype(np.int16)
     arrays = [buffer[1 + i * 48000 : 1 + (i + 1) * 48000].reshape(2, 24000) for i in range(7)]
     arrays += [arrays[0], buffer[3:1003].reshape(1, 1000)]
-    monkeypatch.setattr(model_input, "STAGING", "0")
+    monkeypatch.setattr(model_input, "STAGING", "pageable")
     expected = [model_waveforms(a, 48000, 16000, 8000, "cuda").cpu() for a in arrays]
     monkeypatch.setattr(model_input, "STAGING", "register")
     with ThreadPoolExecutor(4) as pool:

@@ -128,7 +128,7 @@ def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint
 
 
 def test_call_trace_records_each_call_in_phases(tiny_checkpoint, tmp_path, monkeypatch):
-    """With TAGCAP_CALL_TRACE (here its module value) every caption call appends one line
+    """With a call trace folder (``--call-trace``) every caption call appends one line
     of its phases, from two threads at once as the actor runs them; unset, nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -144,7 +144,8 @@ def test_call_trace_records_each_call_in_phases(tiny_checkpoint, tmp_path, monke
     captioner(batch)
     assert call_trace.FOLDER == "" and not list(tmp_path.iterdir())
 
-    monkeypatch.setattr(call_trace, "FOLDER", str(tmp_path))
+    monkeypatch.setattr(call_trace, "FOLDER", "")
+    call_trace.enable(str(tmp_path))
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda _: captioner(batch), range(4)))
     calls = call_trace.read(str(tmp_path))

@@ -43,11 +43,11 @@ def test_sample_end_to_end(reference_run, sample_input):
     assert len(o.manifest["input_fingerprint"]["urls"]) == 4
 
 
-def test_two_runs_give_byte_identical_shards(reference_run, sample_input, tmp_path, monkeypatch):
+def test_two_runs_give_byte_identical_shards(reference_run, sample_input, tmp_path):
     # Other actors and batches, and each unit mapped into its actor ahead of its call
     # (by default only where the actor has a GPU).
-    monkeypatch.setenv("TAGCAP_MAP_AHEAD", "1")
-    assert run_caption(sample_config(sample_input, tmp_path / "again", actors=2, batch_size=5)) == 0
+    config = sample_config(sample_input, tmp_path / "again", actors=2, batch_size=5, tuning={"map_ahead": True})
+    assert run_caption(config) == 0
     assert tar_digests(str(tmp_path / "again")) == tar_digests(str(reference_run))
 
 

@@ -85,8 +85,9 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
         "--object-store-memory",
         str(80 * 1024 * 1024),
         "--dashboard",
+        "--ray-timeline",
+        str(tmp_path / "timeline.json"),
         timeout=300,
-        TAGCAP_RAY_TIMELINE=str(tmp_path / "timeline.json"),
     )
     assert proc.returncode == 0, proc.stderr
     assert "Ray dashboard: http://127.0.0.1:" in proc.stderr  # on loopback, and said where
@@ -110,8 +111,24 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert sum(n == "write_shard" for n in names) >= 1
 
 
-@pytest.mark.parametrize(("variable", "value"), [("TAGCAP_CUDA_SYNC", "sleepy"), ("TAGCAP_MAP_AHEAD", "yes")])
-def test_a_bad_execution_setting_fails_at_once(sample_input, tmp_path, variable, value):
-    # Read on the driver and carried to the actors: a typo fails before Ray, not in an actor.
-    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), **{variable: value})
-    _assert_fails_fast(proc, f"{variable}={value!r}", tmp_path / "out")
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("cuda_sync=sleepy", "tuning.cuda_sync must be one of"),
+        ("map_ahead=maybe", "tuning.map_ahead: 'maybe' is not a bool"),
+        ("store_fraction=most", "tuning.store_fraction: 'most' is not a float"),
+        ("warp_speed=9", "unknown tuning setting 'warp_speed'"),
+        ("cuda_sync", "expected KEY=VALUE"),
+    ],
+)
+def test_a_bad_tuning_setting_fails_at_once(sample_input, tmp_path, setting, needle):
+    # Checked on the driver and carried to the workers: a typo fails before Ray, not in a worker.
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--tuning", setting)
+    _assert_fails_fast(proc, needle, tmp_path / "out")
+
+
+def test_a_bad_tuning_mapping_in_the_yaml_fails_at_once(sample_input, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("tuning:\n  writeback_mb: -1\n")
+    proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--config", str(config))
+    _assert_fails_fast(proc, "tuning.writeback_mb must be >= 0", tmp_path / "out")

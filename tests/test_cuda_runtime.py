@@ -6,14 +6,11 @@ import torch
 from tagcap.workers import cuda_runtime
 
 
-def test_sync_mode_from_env(monkeypatch):
-    monkeypatch.delenv("TAGCAP_CUDA_SYNC", raising=False)
-    assert cuda_runtime.sync_mode_from_env() == "block"
-    monkeypatch.setenv("TAGCAP_CUDA_SYNC", " Spin ")
-    assert cuda_runtime.sync_mode_from_env() == "spin"
-    monkeypatch.setenv("TAGCAP_CUDA_SYNC", "busy")
-    with pytest.raises(ValueError, match=r"TAGCAP_CUDA_SYNC='busy': expected one of \['auto', 'block', 'spin'"):
-        cuda_runtime.sync_mode_from_env()
+def test_every_tuning_wait_mode_is_a_cuda_flag():
+    from tagcap.schemas.tuning import CUDA_SYNC_MODES, Tuning
+
+    assert set(CUDA_SYNC_MODES) == set(cuda_runtime.SYNC_FLAGS)
+    assert Tuning().cuda_sync == cuda_runtime.DEFAULT_SYNC
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without a GPU")

@@ -11,6 +11,7 @@ import pytest
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.executor import _inflight_limits, decode_slots, inflight_limits
 from tagcap.pipeline.sample import write_sample
+from tagcap.schemas.tuning import Tuning
 from tests.helpers import execution_settings, sample_config
 
 GB = 1 << 30
@@ -105,18 +106,15 @@ def test_units_go_on_decoding_while_the_captioner_starts(ray_local, tmp_path):
     assert min(s["seconds"] for s in stats) >= 3.0 - (max(submitted) - min(submitted))
 
 
-def test_store_fraction_from_the_environment(ray_local, monkeypatch):
-    """TAGCAP_STORE_FRACTION scales the memory budget of a run (the test cluster's 150 MB
+def test_store_fraction_from_the_tuning(ray_local):
+    """tuning.store_fraction scales the memory budget of a run (the test cluster's 150 MB
     store, 10 MB units: 80% by default is 12 units' input bytes, a tenth 1.5) and a bad value
     says so."""
-    settings = execution_settings("template", unit_bytes=10 << 20)
-    monkeypatch.delenv("TAGCAP_STORE_FRACTION", raising=False)
-    default = _inflight_limits(settings, 1, 1.0)
-    monkeypatch.setenv("TAGCAP_STORE_FRACTION", "0.1")
-    tenth = _inflight_limits(settings, 1, 1.0)
+    default = _inflight_limits(execution_settings("template", unit_bytes=10 << 20), 1, 1.0)
+    tenth_settings = execution_settings("template", unit_bytes=10 << 20, tuning=Tuning(store_fraction=0.1))
+    tenth = _inflight_limits(tenth_settings, 1, 1.0)
     assert default.budget == pytest.approx(0.8 * 150 / 10, rel=0.05)
     # The budget never falls below the floor of units in the air (one per actor, plus one).
     assert tenth.budget == max(0.1 * 150 / 10, 3.0 * tenth.ahead) and tenth.ahead == 2
-    monkeypatch.setenv("TAGCAP_STORE_FRACTION", "most")
-    with pytest.raises(ValueError, match="TAGCAP_STORE_FRACTION='most'"):
-        _inflight_limits(settings, 1, 1.0)
+    with pytest.raises(ValueError, match=r"tuning.store_fraction must be in \(0, 1\]"):
+        Tuning(store_fraction=1.5)

@@ -1,6 +1,5 @@
 """The settings a decode task makes to its worker process, checked in fresh processes."""
 
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,9 @@ def resident_mb():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * 4096 / 2**20
 
-print(retain_freed_memory(), retain_freed_memory())
+import sys
+wanted = sys.argv[1] == "1"
+print(retain_freed_memory(wanted), retain_freed_memory(wanted))
 before = resident_mb()
 block = np.ones(300 * 2**20, np.uint8)
 del block
@@ -24,21 +25,19 @@ print(round(resident_mb() - before))
 """
 
 
-def _probe(setting: str | None) -> tuple[str, int]:
-    env = dict(os.environ)
-    env.pop("TAGCAP_RETAIN_FREED_MEMORY", None)
-    if setting is not None:
-        env["TAGCAP_RETAIN_FREED_MEMORY"] = setting
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+def _probe(wanted: bool) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, "1" if wanted else "0"], capture_output=True, text=True, check=True
+    )
     flags, kept_mb = out.stdout.split("\n")[:2]
     return flags, int(kept_mb)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_unit_memory_stays_for_the_next_unit_unless_turned_off():
-    flags, kept_mb = _probe(None)
+    flags, kept_mb = _probe(True)
     assert flags == "True True"
     assert kept_mb >= 280  # the 300 MB block's pages are still the process's
-    flags, kept_mb = _probe("0")
+    flags, kept_mb = _probe(False)
     assert flags == "False False"
     assert kept_mb < 50  # unmapped on free, as glibc does by default

@@ -16,8 +16,9 @@ import json, psutil, ray
 from ray._private import node as ray_node
 from tagcap.pipeline.ray_runtime import ray_session
 
+import sys
 before = {name: getattr(ray_node.Node, name) for name in ("start_api_server", "start_monitor")}
-with ray_session(None, num_cpus=1, object_store_memory=80 * 1024 * 1024):
+with ray_session(None, num_cpus=1, object_store_memory=80 * 1024 * 1024, head_services=sys.argv[1] == "1"):
     ran = ray.get(ray.remote(lambda: 41).remote()) + 1
     commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
 restored = all(getattr(ray_node.Node, name) is method for name, method in before.items())
@@ -26,8 +27,9 @@ print(json.dumps({"ran": ran, "commands": commands, "restored": restored}))
 
 
 def _session(head_services: str) -> dict:
-    env = {**cli_env(), "TAGCAP_RAY_HEAD_SERVICES": head_services}
-    proc = subprocess.run([sys.executable, "-c", _SESSION], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SESSION, head_services], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -36,7 +38,7 @@ def _started(commands: list[str], script: str) -> bool:
     return any(script in command for command in commands)
 
 
-@pytest.mark.parametrize("head_services", ["", "1"])
+@pytest.mark.parametrize("head_services", ["0", "1"])
 def test_embedded_ray_starts_the_head_services_only_when_asked(head_services):
     got = _session(head_services)
     assert got["ran"] == 42 and got["restored"]

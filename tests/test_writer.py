@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tagcap.schemas.work import PackedBytes
-from tagcap.workers.writer import _tarinfo, _TarStream, _writeback_bytes
+from tagcap.workers.writer import _tarinfo, _TarStream
 
 SIZES = [0, 1, 511, 512, 513, 10_000, 70_001]
 
@@ -66,15 +66,6 @@ def test_tar_stream_hands_what_it_wrote_to_the_disk_in_order_and_stays_identical
     for (a, n), (b, _) in itertools.pairwise(handed):
         assert b == a + n and n >= 4096
     assert handed[-1][0] + handed[-1][1] <= stream.offset
-
-
-def test_writeback_size_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("TAGCAP_WRITEBACK_MB", "0")
-    assert _writeback_bytes() == 0
-    monkeypatch.setenv("TAGCAP_WRITEBACK_MB", "0.5")
-    assert _writeback_bytes() == 512 * 1024
-    monkeypatch.delenv("TAGCAP_WRITEBACK_MB")
-    assert _writeback_bytes() == 64 * 2**20
 
 
 def test_packed_bytes_round_trip_out_of_band():

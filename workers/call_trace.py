@@ -3,8 +3,9 @@
 A run's stats say how long each unit's caption call took (``stage_seconds["caption"]``),
 not what the call waited on: the copy of its audio to the GPU, the encoder, its turn at
 the beam search's CUDA graph (one search at a time), the search, the captions back on the
-host. With ``TAGCAP_CALL_TRACE`` set to a folder, every call in this process appends one
-JSON line to ``<folder>/calls-<pid>.jsonl``: its thread, when it began (Unix time) and the
+host. With a folder given (``tagcap caption --call-trace DIR``, which each captioner actor
+applies with :func:`enable`), every call in this process appends one JSON line to
+``<folder>/calls-<pid>.jsonl``: its thread, when it began (Unix time) and the
 seconds between the marks it passed, in order. Unset (the default), every function here
 returns at once.
 
@@ -21,7 +22,17 @@ import threading
 import time
 from typing import Any
 
-FOLDER = os.environ.get("TAGCAP_CALL_TRACE", "")
+FOLDER = ""
+
+
+def enable(folder: str | None) -> None:
+    """Trace this process's calls into ``folder`` from now on (None or "": no tracing)."""
+    global FOLDER
+    FOLDER = folder or ""
+    if FOLDER:
+        os.makedirs(FOLDER, exist_ok=True)
+
+
 _local = threading.local()
 _write_lock = threading.Lock()
 

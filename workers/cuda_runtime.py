@@ -2,7 +2,7 @@
 PyTorch itself has loaded (found by its soname, so it is the same copy and the same
 state): how a thread waits for the GPU, and resetting the runtime's last error.
 
-How a thread waits (``TAGCAP_CUDA_SYNC``, read when a GPU actor starts):
+How a thread waits (``tuning.cuda_sync``, set when a GPU actor starts):
 
 * ``block`` (default): a thread that waits for the GPU sleeps until the GPU wakes it.
 * ``auto``: CUDA's own default, which on a machine with more cores than CUDA contexts
@@ -12,13 +12,12 @@ How a thread waits (``TAGCAP_CUDA_SYNC``, read when a GPU actor starts):
   need went to spinning.
 * ``spin`` and ``yield``: CUDA's other two modes, for measurement.
 
-Figures: benchmarks/RESULTS.md.
+Why ``block`` is the default: docs/tuning.md.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 from functools import lru_cache
 
 # cudaDeviceSchedule* flags, from CUDA's driver_types.h.
@@ -47,13 +46,6 @@ def clear_last_error() -> None:
     lib = cudart()
     if lib is not None:
         lib.cudaGetLastError()
-
-
-def sync_mode_from_env() -> str:
-    mode = os.environ.get("TAGCAP_CUDA_SYNC", DEFAULT_SYNC).strip().lower()
-    if mode not in SYNC_FLAGS:
-        raise ValueError(f"TAGCAP_CUDA_SYNC={mode!r}: expected one of {sorted(SYNC_FLAGS)}")
-    return mode
 
 
 def set_sync_mode(mode: str) -> bool:

@@ -3,29 +3,26 @@ PCM at the unit's rate becomes float32 at the model's rate, cropped or padded to
 length. Resampling runs on the GPU there (microseconds per clip; a CPU resampler costs
 each decode core milliseconds per clip).
 
-How the PCM reaches the GPU (``TAGCAP_H2D_STAGING``, read in the actor's process):
+How the PCM reaches the GPU (``tuning.h2d_staging``, applied by the captioner actor with
+:func:`set_staging`):
 
 * ``register`` (default): the array's own pages (Ray's object store) pinned in place
-  (``cudaHostRegister``) for the copy, so the GPU reads them directly with no CPU copy:
-  27 ms for a unit's 234 MB (256 clips of 10 s at 48 kHz) on an H200 host, and the BLAT
-  captioner fed from host memory goes from 2,252 to 2,834 clips/s (two calls at once).
+  (``cudaHostRegister``) for the copy, so the GPU reads them directly with no CPU copy.
   Pages this process has not touched yet cost a page fault each to pin: the captioner's
-  actor maps each unit's pages ahead of its call (``workers.store_pages``).
-  Where CUDA does not pin them, the pageable copy below, and no more tries.
-* ``0``: from pageable memory, which CUDA copies through its own small pinned buffers on
-  the calling thread: 37-44 ms, during which the other call's kernels wait.
-* ``1``: through a pinned buffer per calling thread, filled by a few threads at once:
-  22 ms, and the BLAT captioner alone went from 2,322 to 2,953 clips/s; but in a caption
-  run, where decode tasks hold every core, it was as fast or slower in 7 of 8 rounds.
+  actor maps each unit's pages ahead of its call (``workers.store_pages``). Where CUDA does
+  not pin them, the pageable copy below, and no more tries.
+* ``pageable``: from pageable memory, which CUDA copies through its own small pinned
+  buffers on the calling thread, while the other call's kernels wait.
+* ``pinned``: through a pinned buffer per calling thread, filled by a few threads at once
+  (faster alone, but those threads take cores from decoding in a run).
 
-Figures: benchmarks/RESULTS.md.
+Why ``register`` is the default: docs/design/pinned-store-pages.md.
 """
 
 from __future__ import annotations
 
 import itertools
 import mmap
-import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +32,21 @@ import numpy as np
 import torch
 import torchaudio.transforms as taf_module
 
+from tagcap.schemas.tuning import H2D_STAGING_MODES
 from tagcap.workers import cuda_runtime
 
-# "register", "0" or "1": see the module's docstring.
-STAGING = os.environ.get("TAGCAP_H2D_STAGING", "register")
+# One of schemas.tuning.H2D_STAGING_MODES: see the module's docstring.
+STAGING = "register"
+
+
+def set_staging(mode: str) -> None:
+    """How this process copies PCM to the GPU from now on (``tuning.h2d_staging``)."""
+    global STAGING
+    if mode not in H2D_STAGING_MODES:
+        raise ValueError(f"h2d staging must be one of {list(H2D_STAGING_MODES)}, got {mode!r}")
+    STAGING = mode
+
+
 # Threads that fill a pinned buffer: one core's memcpy does not reach the bus's speed.
 # NumPy releases the GIL while it copies, so they run in parallel.
 COPY_THREADS = 4
@@ -86,7 +94,7 @@ def model_waveforms(
         how = "pinned" if pinned else STAGING
         if how == "register":
             on_device = _copy_registered(x, device, side)
-        elif how == "1":
+        elif how == "pinned":
             on_device = _staging_buffer(device, thread).copy_to(x, device, side)
         else:
             on_device = x.to(device, non_blocking=False)
@@ -142,7 +150,7 @@ def _copy_registered(x: torch.Tensor, device: torch.device, stream: torch.cuda.S
     with _REGISTER_LOCK:
         if int(cudart.cudaHostRegister(start, end - start, 0)) != 0:
             cuda_runtime.clear_last_error()
-            STAGING = "0"
+            STAGING = "pageable"
             return x.to(device, non_blocking=False)
         try:
             on_device = x.to(device, non_blocking=True)

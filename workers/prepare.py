@@ -178,7 +178,7 @@ def prepare_unit(
     storage: Storage,
 ) -> tuple[ModelBatch, UnitPayload]:
     lower_priority(spec.niceness)
-    retain_freed_memory()
+    retain_freed_memory(spec.retain_freed_memory)
     started, cpu_started = time.perf_counter(), time.process_time()
     errors: list[ErrorRecord] = []
     pending: list[_Pending] = []

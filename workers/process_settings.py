@@ -34,7 +34,7 @@ def lower_priority(niceness: int) -> None:
             os.setpriority(os.PRIO_PROCESS, 0, min(niceness, 19))
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(wanted: bool = True) -> bool:
     """Keep memory that a unit frees for the next unit instead of handing it back to the
     kernel (glibc's ``mallopt``: blocks up to 1 GB come from the heap, and the heap is not
     trimmed below that). Returns whether the setting is in force.
@@ -45,13 +45,19 @@ def retain_freed_memory() -> bool:
     the 16-core GPU host) of one decode task's CPU time per 10 s 48 kHz clip
     (benchmarks/RESULTS.md; with 16 tasks at once on that host, what they wait on is
     elsewhere and a run was as fast either way). The cost is that a worker keeps its largest
-    unit's footprint resident between tasks. ``TAGCAP_RETAIN_FREED_MEMORY=0`` turns it off
-    (read in the worker, which inherits the driver's environment on the embedded Ray)."""
+    unit's footprint resident between tasks. ``wanted`` (``tuning.retain_freed_memory``,
+    carried in the unit's ``DecodeSpec``) False turns it off; the first call in a process
+    decides, as the setting cannot be undone."""
     global _retained
     if _retained is None:
         _retained = False
-        if os.environ.get("TAGCAP_RETAIN_FREED_MEMORY", "1") != "0":
+        if wanted:
             _retained = _mallopt(_M_MMAP_THRESHOLD, _RETAIN_BYTES) and _mallopt(_M_TRIM_THRESHOLD, _RETAIN_BYTES)
+    return _retained
+
+
+def freed_memory_retained() -> bool | None:
+    """Whether this process retains freed memory (None: no decode task has decided yet)."""
     return _retained
 
 

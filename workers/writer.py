@@ -58,13 +58,9 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _writeback_bytes() -> int:
-    """How much of a tar is written before the kernel is asked to start putting it on disk
-    (``TAGCAP_WRITEBACK_MB``, default 64; 0: leave it all to the fsync at publication)."""
-    try:
-        return max(0, int(float(os.environ.get("TAGCAP_WRITEBACK_MB", "64")) * 2**20))
-    except ValueError:
-        return 64 * 2**20
+# How much of a tar is written before the kernel is asked to start putting it on disk
+# (tuning.writeback_mb; 0: leave it all to the fsync at publication).
+DEFAULT_WRITEBACK_BYTES = 64 * 2**20
 
 
 class _TarStream:
@@ -143,10 +139,12 @@ def write_shard(
     provenance: ProvenanceInfo,
     started: float | None = None,
     caption_window: tuple[float, float] | None = None,
+    writeback: int = DEFAULT_WRITEBACK_BYTES,
 ) -> ShardStats:
     """Writes the shard's tar, index and errors, then its stats (the completion marker).
     ``started``: when the unit was submitted; ``caption_window``: when its caption call ran
-    (both unix seconds), for the stats' stage seconds."""
+    (both unix seconds), for the stats' stage seconds; ``writeback``: bytes of the tar
+    written between hand-offs to the disk (0: none before the fsync)."""
     if len(results) != len(payload.samples):
         raise ValueError(f"{len(results)} captions for {len(payload.samples)} samples")
     t0 = started if started is not None else time.time()
@@ -159,7 +157,7 @@ def write_shard(
     fd, tmp_tar = tempfile.mkstemp(prefix=f"{shard}.", suffix=".tar.part", dir=spool)
     try:
         with os.fdopen(fd, "wb") as fh:
-            tar = _TarStream(fh, _writeback_bytes())
+            tar = _TarStream(fh, writeback)
             for i, (meta, result) in enumerate(zip(payload.samples, results, strict=True)):
                 if result.text is None:
                     reason = ErrorReason.FILTERED if result.error == "filtered" else ErrorReason.CAPTION_ERROR
