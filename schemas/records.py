@@ -128,7 +128,8 @@ class ShardStats:
     ``write``; besides, ``prepare_cpu``: the CPU seconds of the decode task's process over
     read and decode (well below their sum: it waited on storage, or for a core). Where the
     caption call's times are not known, ``queued`` stands for the three between decode and
-    write (and so in stats of tagcap 2026-12-01 before its seventh session's last change)."""
+    write (so it does in stats written by tagcap 0.1.0 before the caption call's start and
+    end were returned with its captions)."""
 
     shard: str
     source: str

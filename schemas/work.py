@@ -1,7 +1,7 @@
 """Records that travel between the driver, decode tasks, captioner actors and writers.
 
 One work unit becomes one output shard. A decode task turns it into a :class:`ModelBatch`
-(what the captioner needs: one float32 array for the whole unit, no per-sample objects)
+(what the captioner needs: one int16 PCM array for the whole unit, no per-sample objects)
 and a :class:`UnitPayload` (what the writer needs: per-sample metadata, the audio bytes to
 store, and the error records of samples that fell out along the way).
 """
