@@ -23,7 +23,7 @@
   out the time Ray takes to write the timeline the benchmark asks for.
 * ``e2e_levers``: the default run against runs with one lever changed (``--levers``, of
   ``LEVERS``), interleaved round by round after one warm-up run. ``full`` is the default
-  of the code that ran (see the run's commit in RESULTS.md).
+  of the code that ran (see the run's commit in docs/performance.md).
 * ``e2e_long``: one ``e2e`` run over the corpus ``--long-times`` over (hard-linked tars), and
   one per lever of ``--long-levers``.
 """

@@ -2,7 +2,7 @@
 corpus, a BLAT-size captioner checkpoint, a process-tree memory sampler, and results JSON.
 
 Every script writes one JSON file per run under ``benchmarks/results/`` (or ``--results``)
-holding ``gpu``, ``cpus``, ``date`` and its figures; RESULTS.md quotes them.
+holding ``gpu``, ``cpus``, ``date`` and its figures; docs/performance.md quotes them.
 """
 
 from __future__ import annotations

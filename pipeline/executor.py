@@ -241,14 +241,14 @@ class InflightLimits:
     full in every later tenth but the last). That many in the air already fit the budget.
     With this, those two tenths' slots were 77-100% busy in warm runs (38-70% without it),
     and a 61,440-clip run 6% faster (medians, interleaved on one machine start;
-    benchmarks/RESULTS.md).
+    docs/history/measurement-log.md).
 
     Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit): a
     decode task that no CPU can take yet is a task queued in Ray, and Ray starts worker
     processes for its queued tasks, beyond what it keeps, over and over while they wait.
     On 2 CPUs a run of 40 units with all of them queued started 14-20 worker processes
     (median 14), and workers that never ran a task took about 40% of its CPU; at two per
-    decode slot, 7-14 (median 9) and about 30% (benchmarks/RESULTS.md). Decoded units still
+    decode slot, 7-14 (median 9) and about 30% (docs/history/measurement-log.md). Decoded units still
     wait in the store up to the budget."""
 
     ahead: int
@@ -300,7 +300,7 @@ def inflight_limits(
 
     Memory: the units in the air fit ``store_fraction`` of the object store (it was half;
     at 0.8 a 20,480-clip run's decode slots no longer stand idle while a GPU captioner
-    starts, benchmarks/RESULTS.md). A unit ahead holds about
+    starts, docs/history/measurement-log.md). A unit ahead holds about
     three times its input bytes there (its audio bytes and its PCM, about twice compressed
     FLAC); a unit writing holds its audio only (its PCM is released once captioned), a
     third of that. Counting a writing unit as a whole one stopped decoding whenever a

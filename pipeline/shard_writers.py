@@ -7,7 +7,7 @@ process of its own, and ended those processes again once they were idle beyond i
 limit of one worker per CPU. A 61,440-clip run on the 16-core GPU host started 15-25
 worker processes for its writes, and 7-14 more that never ran anything, each paying
 Python's and Ray's imports (about a core-second): about 1.1-1.3 of the node's 16 cores
-went to starting workers (benchmarks/RESULTS.md, 2026-12-01). A pool started once costs
+went to starting workers (docs/history/measurement-log.md, 2026-12-01). A pool started once costs
 that once, and bounds the writes running at once.
 
 Each node with CPUs gets ``writers_per_node`` writers, bound to it (Ray 2.60 placed a writer

@@ -109,7 +109,7 @@ def parse_segments(text: str, source: str = "<segments>", split: str = "") -> tu
     header past the top) falls back to the row-by-row parser, which says what and where.
     Both give the same table for the same text (tested). Two million AudioSet-shaped rows
     on the 2-core CPU machine: 2.5-2.7 s column-wise, 15-16 s row by row
-    (``benchmarks/segments_bench.py``, benchmarks/RESULTS.md).
+    (``benchmarks/segments_bench.py``, docs/history/measurement-log.md).
     """
     clean = _parse_clean_segments(text, split)
     if clean is not None:

@@ -9,7 +9,7 @@ closed vocabulary in ``schemas.records``.
 Two decoders: 16-bit FLAC, AudioSet's format and the bulk of any corpus tagcap reads, goes
 through dr_flac (the ``miniaudio`` package), which decodes it with bit-identical samples
 1.1-1.2x faster than libsndfile per core on the 16-core GPU host and 1.6x on a 2-core
-machine (benchmarks/RESULTS.md); everything else, and any FLAC that dr_flac does not
+machine (docs/history/measurement-log.md); everything else, and any FLAC that dr_flac does not
 decode completely (truncated, corrupt, unknown length), goes through soundfile, whose
 verdict and error text are then the ones recorded. The fast path can therefore change how
 fast a clip decodes, never what it decodes to or why it fails.

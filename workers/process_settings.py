@@ -26,7 +26,7 @@ def lower_priority(niceness: int) -> None:
     the clips a task decodes on several threads all run at it. Measured on 16 cores: a
     captioner actor starting beside 15 decode tasks took 7-9 s where it takes 5 s alone
     (importing torch, loading, capturing), and every decoded unit waited for it; beside
-    decode tasks at nice 10 it took 6.6-6.7 s (benchmarks/RESULTS.md)."""
+    decode tasks at nice 10 it took 6.6-6.7 s (docs/history/measurement-log.md)."""
     if niceness <= 0 or not hasattr(os, "getpriority"):
         return
     with contextlib.suppress(OSError):
@@ -43,7 +43,7 @@ def retain_freed_memory(wanted: bool = True) -> bool:
     arrays (its audio, its PCM: hundreds of MB) were new pages, and the kernel zeroed and
     faulted in every one of them again: a fifth (on a 2-core machine) to over a quarter (on
     the 16-core GPU host) of one decode task's CPU time per 10 s 48 kHz clip
-    (benchmarks/RESULTS.md; with 16 tasks at once on that host, what they wait on is
+    (docs/history/measurement-log.md; with 16 tasks at once on that host, what they wait on is
     elsewhere and a run was as fast either way). The cost is that a worker keeps its largest
     unit's footprint resident between tasks. ``wanted`` (``tuning.retain_freed_memory``,
     carried in the unit's ``DecodeSpec``) False turns it off; the first call in a process

@@ -74,7 +74,7 @@ def _tar_members(url: str, storage: Storage) -> Iterator[tuple[tarfile.TarInfo, 
     the data (``tarfile``'s stream buffer: a tenth of a decode task's time in a profile on a
     2-core machine); the whole-tar path costs one read for the tar and nothing per member:
     16 decode tasks at once on the GPU host went from 2,248 to 2,386 clips/s
-    (benchmarks/RESULTS.md).
+    (docs/history/measurement-log.md).
     Both raise the same errors for the same bytes: a truncated member's data comes back
     short, and the caller checks every member's length."""
     size = int(storage.info(url).get("size") or 0)

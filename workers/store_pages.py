@@ -6,7 +6,7 @@ each page costs the process a page fault the first time it touches it. The capti
 touches every page of every unit it captions (pinning them for the copy to the GPU), and
 in a run each unit arrives in pages it has not touched yet: pinning a unit's 234 MB took
 33-56 ms from such pages against 20-27 ms from pages touched before, and the captioner fed
-from them reached 2,320-2,440 clips/s against 2,810-2,910 (benchmarks/RESULTS.md). A decoded unit
+from them reached 2,320-2,440 clips/s against 2,810-2,910 (docs/history/measurement-log.md). A decoded unit
 waits seconds in the store for its caption call, so the actor maps it in that time, on a
 thread of its own (``CaptionActor.map_input``), and the call finds its pages mapped.
 

@@ -142,7 +142,7 @@ class TagGuidedCaptioner(nn.Module):
         kernel launch apiece, which at batch 256 took longer than the encoder. Built with
         NumPy in one scatter each, not a row at a time: at batch 256 with 1-4 tags a clip, 0.2
         ms against 2.4 ms (``add``) and 5.8 ms (``prefix``) of the caption call's thread
-        (the 2-core machine, benchmarks/RESULTS.md)."""
+        (the 2-core machine, docs/history/measurement-log.md)."""
         b, n_tags, width = len(tag_indices), self.cfg.n_tags, self.cfg.prefix_len
         lengths = np.fromiter((len(idx) for idx in tag_indices), dtype=np.int64, count=b)
         tags = np.fromiter(itertools.chain.from_iterable(tag_indices), dtype=np.int64, count=int(lengths.sum()))
