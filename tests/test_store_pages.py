@@ -69,7 +69,9 @@ def test_the_caption_actor_maps_a_unit_beside_its_caption_calls(ray_local):
     from tests.helpers import SLOW_TEMPLATE, execution_settings
 
     ray = ray_local
-    settings = execution_settings(SLOW_TEMPLATE, captioner_config={"sleep": 3.0}, map_ahead=True)
+    from tagcap.schemas.tuning import Tuning
+
+    settings = execution_settings(SLOW_TEMPLATE, captioner_config={"sleep": 3.0}, tuning=Tuning(map_ahead=True))
     assert settings.maps_ahead and settings.actor_threads == 1
     assert not execution_settings("template").maps_ahead  # by default only beside a GPU
     actor = caption_actor_class(settings, 0.5).remote(settings)
