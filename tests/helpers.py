@@ -291,3 +291,28 @@ def slow_caption_config(tmp_path, out, sample, sleep: float = 0.5) -> tuple[str,
         )
     )
     return str(path), {**cli_env(), "SLOW_TEMPLATE_SLEEP": str(sleep)}
+
+
+def run_on_two_nodes(client: str, *args: str, head_cpus: int = 2) -> subprocess.CompletedProcess:
+    """``client`` (a Python script) run as a driver joined to a two-node cluster on one
+    machine: the head on 127.0.0.1 with ``head_cpus`` CPUs, a second node with 2 on
+    127.0.0.2; its first argument is the cluster's address, then ``args``."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": head_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
+        cluster.wait_for_nodes()
+        return subprocess.run(
+            [sys.executable, "-c", client, cluster.address, *args],
+            env={**cli_env(), "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        cluster.shutdown()

@@ -3,9 +3,6 @@ that writes every unit's shard, each unit on a writer of the node that holds its
 
 import glob
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -18,7 +15,7 @@ from tagcap.pipeline.shard_writers import writers_per_node
 from tests.helpers import (
     SLOW_TEMPLATE,
     check_output,
-    cli_env,
+    run_on_two_nodes,
     sample_config,
     slow_caption_config,
     start_caption,
@@ -89,26 +86,8 @@ _CLIENT = textwrap.dedent(
 
 def test_each_unit_is_written_on_the_node_that_holds_its_payload(tmp_path):
     """Two nodes on one machine (the second on 127.0.0.2), each with an object store."""
-    from ray.cluster_utils import Cluster
-
     out = tmp_path / "out"
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
-    )
-    try:
-        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
-        cluster.wait_for_nodes()
-        client = subprocess.run(
-            [sys.executable, "-c", _CLIENT, cluster.address, str(out)],
-            env={**cli_env(), "PYTHONPATH": os.pathsep.join(sys.path)},
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-    finally:
-        cluster.shutdown()
+    client = run_on_two_nodes(_CLIENT, str(out))
     assert client.returncode == 0, client.stderr[-3000:]
     report = json.loads(client.stdout.strip().splitlines()[-1])
     # Two nodes of 2 CPUs: a writer on each, placed where it was meant to run.

@@ -2,10 +2,7 @@
 run's settings to every worker, on whichever node it runs."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import yaml
 from tagcap.pipeline.cli import build_parser, caption_config
 from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.tuning import Tuning
-from tests.helpers import ROOT, cli_env
+from tests.helpers import ROOT, run_on_two_nodes
 
 
 def test_defaults_parse_and_errors():
@@ -96,29 +93,11 @@ print(json.dumps({"head": head, "node": node, "retained": retained, "samples": s
 
 
 def test_a_worker_on_the_second_node_obeys_the_drivers_tuning(sample_input, tmp_path):
-    from ray.cluster_utils import Cluster
-
     trace = tmp_path / "trace"
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False},
-    )
-    try:
-        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
-        cluster.wait_for_nodes()
-        argv = ["--input", sample_input.shards, "--segments", sample_input.segments, "--labels", sample_input.labels]
-        argv += ["--output", str(tmp_path / "out"), "--tuning", "retain_freed_memory=false"]
-        argv += ["--call-trace", str(trace)]
-        client = subprocess.run(
-            [sys.executable, "-c", _CLIENT, cluster.address, *argv],
-            env={**cli_env(), "PYTHONPATH": os.pathsep.join(sys.path)},
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-    finally:
-        cluster.shutdown()
+    argv = ["--input", sample_input.shards, "--segments", sample_input.segments, "--labels", sample_input.labels]
+    argv += ["--output", str(tmp_path / "out"), "--tuning", "retain_freed_memory=false"]
+    argv += ["--call-trace", str(trace)]
+    client = run_on_two_nodes(_CLIENT, *argv, head_cpus=0)
     assert client.returncode == 0, client.stderr[-3000:]
     report = json.loads(client.stdout.strip().splitlines()[-1])
     # The decode task ran on the second node and kept to the changed value (the default
