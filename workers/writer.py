@@ -34,6 +34,7 @@ from tagcap.schemas.records import (
     SampleRecord,
     ShardStats,
 )
+from tagcap.schemas.tuning import Tuning
 from tagcap.schemas.work import CaptionResult, UnitPayload
 from tagcap.workers.storage import Storage
 
@@ -60,7 +61,7 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 # How much of a tar is written before the kernel is asked to start putting it on disk
 # (tuning.writeback_mb; 0: leave it all to the fsync at publication).
-DEFAULT_WRITEBACK_BYTES = 64 * 2**20
+DEFAULT_WRITEBACK_BYTES = Tuning().writeback_bytes
 
 
 class _TarStream:
