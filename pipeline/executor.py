@@ -235,21 +235,11 @@ class InflightLimits:
 
     The units that piled up while the actors started are not held against decoding once
     calls return: the ahead limit becomes at least as many as were ahead then
-    (:meth:`once_flowing`). Held to the smaller limit, every decode slot stood idle until
-    the captioners had drained that backlog below it (on a 61,440-clip run the decode slots
-    were 75% and 60% busy in the two tenths of the run from the actor's first call, and
-    full in every later tenth but the last). That many in the air already fit the budget.
-    With this, those two tenths' slots were 77-100% busy in warm runs (38-70% without it),
-    and a 61,440-clip run 6% faster (medians, interleaved on one machine start;
-    docs/history/measurement-log.md).
+    (:meth:`once_flowing`); that many already fit the budget.
 
-    Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit): a
-    decode task that no CPU can take yet is a task queued in Ray, and Ray starts worker
-    processes for its queued tasks, beyond what it keeps, over and over while they wait.
-    On 2 CPUs a run of 40 units with all of them queued started 14-20 worker processes
-    (median 14), and workers that never ran a task took about 40% of its CPU; at two per
-    decode slot, 7-14 (median 9) and about 30% (docs/history/measurement-log.md). Decoded units still
-    wait in the store up to the budget."""
+    Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit), as
+    Ray starts worker processes for queued tasks. Decoded units still wait in the store up
+    to the budget. Why each rule: docs/design/inflight-policy.md."""
 
     ahead: int
     budget: float
@@ -295,20 +285,15 @@ def inflight_limits(
 
     Ahead of the captioners: twice the units that can decode at once (the CPUs the actors
     and the shard writers, ``writers_cpus`` in all, leave) plus two per actor, so a
-    decode task that finishes always finds its next unit queued (Ray's timeline showed
-    decode slots idle with one unit per slot).
+    decode task that finishes always finds its next unit queued.
 
-    Memory: the units in the air fit ``store_fraction`` of the object store (it was half;
-    at 0.8 a 20,480-clip run's decode slots no longer stand idle while a GPU captioner
-    starts, docs/history/measurement-log.md). A unit ahead holds about
-    three times its input bytes there (its audio bytes and its PCM, about twice compressed
-    FLAC); a unit writing holds its audio only (its PCM is released once captioned), a
-    third of that. Counting a writing unit as a whole one stopped decoding whenever a
-    burst of writes waited on the disk (2026-12-01 timelines). While the captioner actors
-    start (5-10 s for a GPU model: importing torch, loading, capturing), decoded units wait
-    in the store up to this budget instead of the decode slots standing idle. Bounded
-    either way, so memory does not grow with the corpus. Input sizes unknown: at most the
-    ahead limit in the air, writing or not."""
+    Memory: the units in the air fit ``store_fraction`` of the object store. A unit ahead
+    counts three times its input bytes (its audio bytes and its PCM, about twice compressed
+    FLAC); a unit writing counts its audio only (its PCM is released once captioned). While
+    the captioner actors start, decoded units wait in the store up to this budget instead
+    of the decode slots standing idle. Bounded either way, so memory does not grow with the
+    corpus. Input sizes unknown: at most the ahead limit in the air, writing or not. Why:
+    docs/design/inflight-policy.md and docs/design/store-fraction.md."""
     decoding = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, writers_cpus)
     ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1

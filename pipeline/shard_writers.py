@@ -1,14 +1,9 @@
 """The run's shard writers: a fixed pool of Ray actors, started with the run, that write
 every unit's shard (``workers.writer.write_shard``).
 
-Why actors and not a Ray task per shard: write tasks reserve no CPU while decode tasks run
-below them, so Ray ran every write whose inputs were ready at once, each in a worker
-process of its own, and ended those processes again once they were idle beyond its soft
-limit of one worker per CPU. A 61,440-clip run on the 16-core GPU host started 15-25
-worker processes for its writes, and 7-14 more that never ran anything, each paying
-Python's and Ray's imports (about a core-second): about 1.1-1.3 of the node's 16 cores
-went to starting workers (docs/history/measurement-log.md, 2026-12-01). A pool started once costs
-that once, and bounds the writes running at once.
+Why actors and not a Ray task per shard: write tasks reserve no CPU, so Ray ran every
+ready write at once in a worker process of its own and ended those processes once idle; a
+pool is started once and bounds the writes running at once (docs/design/writer-pool.md).
 
 Each node with CPUs gets ``writers_per_node`` writers, bound to it (Ray 2.60 placed a writer
 with soft node affinity on another node now and then, with both nodes up; one whose node is
@@ -33,9 +28,8 @@ from tagcap.schemas.work import CaptionedUnit, UnitPayload
 from tagcap.workers.storage import Storage
 from tagcap.workers.writer import DEFAULT_WRITEBACK_BYTES, ProvenanceInfo, write_shard
 
-# Writes one writer runs at once. A unit's write took 0.37-0.43 s (medians) at about 6.5
-# units a second on the 16-core GPU host: about 3 at once on average, more in the burst
-# after the captioner's start.
+# Writes one writer runs at once: a write mostly waits on the disk, and units arrive in
+# bursts after the captioner's start (docs/design/writer-pool.md).
 WRITES_PER_WRITER = 4
 # A node gets one writer per this many CPUs, and at least one.
 CPUS_PER_WRITER = 8

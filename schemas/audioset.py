@@ -107,9 +107,8 @@ def parse_segments(text: str, source: str = "<segments>", split: str = "") -> tu
     A well-formed file is parsed column-wise by Arrow (:func:`_parse_clean_segments`); one
     with anything to report (a malformed row, a duplicate, an empty label, a comment or
     header past the top) falls back to the row-by-row parser, which says what and where.
-    Both give the same table for the same text (tested). Two million AudioSet-shaped rows
-    on the 2-core CPU machine: 2.5-2.7 s column-wise, 15-16 s row by row
-    (``benchmarks/segments_bench.py``, docs/history/measurement-log.md).
+    Both give the same table for the same text (tested); the column-wise parse is several
+    times faster (docs/performance.md, suite ``segments``).
     """
     clean = _parse_clean_segments(text, split)
     if clean is not None:

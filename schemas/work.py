@@ -96,13 +96,12 @@ class ModelBatch:
 class PackedBytes:
     """Many byte strings as one array plus where each lies in it. A unit's audio crosses
     the object store this way: one buffer is written once and read back without a copy (Ray
-    hands NumPy arrays over out of band), where a list of 256 ``bytes`` was pickled into
-    the object and copied out again (0.6 s per unit of 170 MB on the H100 machine).
+    hands NumPy arrays over out of band); why: docs/design/decode-path.md.
 
     Where every item is a view of one buffer (a tar read whole, its members sliced from
     it) and they make up at least half of it, that buffer is the array as it is, with the
     tar's headers and other members between the items: the object store's copy is then
-    the only one, where joining the items first copied a unit's 180 MB of audio once more.
+    the only one.
     (A unit that lost most of its clips to errors is joined: it would carry the whole tar
     for a few of them.)"""
 

@@ -44,3 +44,26 @@ def test_goals_are_checked_against_the_results(tmp_path):
 def test_no_raw_result_is_tracked_in_git():
     proc = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 or proc.stdout.strip() == ""
+
+
+def test_every_figure_in_the_performance_pages_names_its_commit_and_suite():
+    import pathlib
+    import re
+
+    suites = set(bench_run.load_suites())
+    for page in ("performance.md", "performance-history.md"):
+        rows = [
+            line
+            for line in pathlib.Path(ROOT, "docs", page).read_text(encoding="utf-8").splitlines()
+            if line.startswith("|")
+            and not line.startswith("| ---")
+            and not line.startswith("| figure")
+            and not line.startswith("| lever")
+        ]
+        assert rows, page
+        for row in rows:
+            assert re.search(r"\| [0-9a-f]{7} \|", row), (page, row)
+        if page == "performance.md":
+            for row in rows:
+                named = re.findall(r"`([a-z_]+)` \|$", row.strip())
+                assert named and named[0] in suites, row

@@ -22,7 +22,8 @@ class _Fixed:
         self.logit_scale = torch.zeros(())
 
     def embed_audio(self, x):
-        return self.audio[: len(x)]
+        # Each clip's waveform starts with its row number: the vectors follow the clips asked for.
+        return self.audio[x[:, 0].long()]
 
     def embed_text(self, texts):
         return self.text[: len(texts)]
@@ -33,6 +34,7 @@ def test_zeroshot_single_and_multi_label():
     text = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     model = _Fixed(audio, text)
     waves = np.zeros((4, 10), np.float32)
+    waves[:, 0] = np.arange(4)
     single = EvalSet(["a", "b", "c", "d"], waves, [{"label": x} for x in ("x", "y", "z", "y")])
     r = zeroshot(model, single, ["x", "y", "z"])
     # clip d is [1,1,0]: x and y tie; the stable order ranks x first, so d is a top-1 miss
@@ -40,3 +42,16 @@ def test_zeroshot_single_and_multi_label():
     multi = EvalSet(["a", "b", "c", "d"], waves, [{"tag": t} for t in (["x"], ["y"], ["z"], ["x", "y"])])
     r = zeroshot(model, multi, ["x", "y", "z"], label_field="tag")
     assert r["mAP"] == pytest.approx(1.0)
+
+
+def test_zeroshot_leaves_out_and_counts_clips_without_a_known_label_and_refuses_when_none_has_one():
+    audio = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]
+    model = _Fixed(audio, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    waves = np.zeros((4, 10), np.float32)
+    waves[:, 0] = np.arange(4)
+    # clip d's label is no class; a, b, c are classified right, so d must not be counted as a miss
+    data = EvalSet(["a", "b", "c", "d"], waves, [{"label": x} for x in ("x", "y", "z", "w")])
+    r = zeroshot(model, data, ["x", "y", "z"])
+    assert r["top1"] == 1.0 and r["clips"] == 3 and r["clips_without_label"] == 1
+    with pytest.raises(ValueError, match="none of the 4 clips has a label of the 3 classes in its json field 'label'"):
+        zeroshot(model, EvalSet(["a", "b", "c", "d"], waves, [{"tag": ["x"]}] * 4), ["x", "y", "z"])

@@ -7,9 +7,8 @@ what the samples hold after (NaN/Inf), raising :class:`AudioError` with a reason
 closed vocabulary in ``schemas.records``.
 
 Two decoders: 16-bit FLAC, AudioSet's format and the bulk of any corpus tagcap reads, goes
-through dr_flac (the ``miniaudio`` package), which decodes it with bit-identical samples
-1.1-1.2x faster than libsndfile per core on the 16-core GPU host and 1.6x on a 2-core
-machine (docs/history/measurement-log.md); everything else, and any FLAC that dr_flac does not
+through dr_flac (the ``miniaudio`` package), with samples bit-identical to libsndfile's
+and faster (docs/design/decode-path.md); everything else, and any FLAC that dr_flac does not
 decode completely (truncated, corrupt, unknown length), goes through soundfile, whose
 verdict and error text are then the ones recorded. The fast path can therefore change how
 fast a clip decodes, never what it decodes to or why it fails.
@@ -61,7 +60,7 @@ _INT16_EXACT = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
 def decode_clip(data: bytes | memoryview, spec: DecodeSpec, pcm16: bool = False) -> DecodedClip:
     """Decode any soundfile-readable bytes to mono float32 at the file's own rate, or, with
     ``pcm16`` and an encoding int16 holds exactly (16-bit and 8-bit PCM, FLAC included), to
-    mono int16 (what the captioner's transport carries; about 10% cheaper per clip)."""
+    mono int16 (what the captioner's transport carries)."""
     if not data:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "zero bytes")
     mono, rate = _read(data, pcm16, spec)
@@ -103,8 +102,8 @@ def _read_flac16(data: bytes | memoryview, pcm16: bool, spec: DecodeSpec | None)
     header promises, so that soundfile decides.
 
     Through dr_flac's C API rather than ``miniaudio.flac_read_s16``: one open reads the
-    header and decodes, straight into the array that is returned (the wrapper opens each
-    clip twice and copies its samples twice more, 10-15% of a clip's decode)."""
+    header and decodes, straight into the array that is returned
+    (docs/design/decode-path.md)."""
     if data[:4] != b"fLaC":
         return None
     # Whatever dr_flac makes of bad bytes, soundfile then gives the answer that is

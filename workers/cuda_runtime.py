@@ -6,13 +6,10 @@ How a thread waits (``tuning.cuda_sync``, set when a GPU actor starts):
 
 * ``block`` (default): a thread that waits for the GPU sleeps until the GPU wakes it.
 * ``auto``: CUDA's own default, which on a machine with more cores than CUDA contexts
-  *spins*: every wait (a beam search's "all finished?" check, the copy of the captions
-  back, a stream synchronisation) holds a core at 100% for as long as the GPU works. A
-  captioner actor runs two calls at once, so up to two of the cores that decode tasks
-  need went to spinning.
+  *spins*: every wait holds a core busy for as long as the GPU works.
 * ``spin`` and ``yield``: CUDA's other two modes, for measurement.
 
-Why ``block`` is the default: docs/tuning.md.
+Why ``block`` is the default: docs/design/gpu-captioner.md.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ def clear_last_error() -> None:
 def set_sync_mode(mode: str) -> bool:
     """How this process's threads wait for its current GPU (``SYNC_FLAGS``). Made before
     the process first uses the GPU, it is the flag its context starts with; recent CUDA
-    also changes it on a context already made (on the H200 host, switching back and forth
-    changed how a later wait used the CPU). Returns whether CUDA took it."""
+    also changes it on a context already made. Returns whether CUDA took it."""
     lib = cudart()
     return lib is not None and _succeeded(lib, lib.cudaSetDeviceFlags(ctypes.c_uint(SYNC_FLAGS[mode])))
 

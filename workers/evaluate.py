@@ -90,12 +90,28 @@ def zeroshot(
     prompt: str = "the sound of {}",
     label_field: str = "label",
 ) -> dict[str, Any]:
-    """Top-1/top-5 accuracy when every clip has one label, else mAP over classes."""
-    texts = [prompt.format(c.replace("_", " ")) for c in classes]
-    sims = (embed_audio(model, data.waveforms) @ embed_texts(model, texts).T).numpy()
+    """Top-1/top-5 accuracy when every clip has one label, else mAP over classes.
+
+    Clips whose ``label_field`` names none of ``classes`` are left out and counted
+    (``clips_without_label``); a ValueError when that is every clip (a wrong field or
+    class list), rather than a figure over nothing."""
     index = {c: i for i, c in enumerate(classes)}
-    targets = [[index[lbl] for lbl in labels_of(m, label_field) if lbl in index] for m in data.meta]
-    result: dict[str, Any] = {"clips": len(targets), "classes": len(classes), "chance_top1": 1.0 / len(classes)}
+    labelled = [[index[lbl] for lbl in labels_of(m, label_field) if lbl in index] for m in data.meta]
+    keep = [i for i, t in enumerate(labelled) if t]
+    if not keep:
+        raise ValueError(
+            f"none of the {len(labelled)} clips has a label of the {len(classes)} classes in its json field "
+            f"{label_field!r} (tagcap's own shards carry their tag names in 'tag': --label-field tag)"
+        )
+    targets = [labelled[i] for i in keep]
+    texts = [prompt.format(c.replace("_", " ")) for c in classes]
+    sims = (embed_audio(model, data.waveforms[keep]) @ embed_texts(model, texts).T).numpy()
+    result: dict[str, Any] = {
+        "clips": len(targets),
+        "clips_without_label": len(labelled) - len(targets),
+        "classes": len(classes),
+        "chance_top1": 1.0 / len(classes),
+    }
     if all(len(t) == 1 for t in targets):
         ranked = np.argsort(-sims, axis=1, kind="stable")
         truth = np.array([t[0] for t in targets])

@@ -14,7 +14,7 @@ How the PCM reaches the GPU (``tuning.h2d_staging``, applied by the captioner ac
 * ``pageable``: from pageable memory, which CUDA copies through its own small pinned
   buffers on the calling thread, while the other call's kernels wait.
 * ``pinned``: through a pinned buffer per calling thread, filled by a few threads at once
-  (faster alone, but those threads take cores from decoding in a run).
+  (faster alone, but those threads take cores from decoding in a run; not the default).
 
 Why ``register`` is the default: docs/design/pinned-store-pages.md.
 """

@@ -23,10 +23,8 @@ _retained: bool | None = None
 def lower_priority(niceness: int) -> None:
     """Raise this thread's nice value to at least ``niceness`` (never lower it: that takes
     privileges). On Linux the value is per thread and inherited by threads it starts, so
-    the clips a task decodes on several threads all run at it. Measured on 16 cores: a
-    captioner actor starting beside 15 decode tasks took 7-9 s where it takes 5 s alone
-    (importing torch, loading, capturing), and every decoded unit waited for it; beside
-    decode tasks at nice 10 it took 6.6-6.7 s (docs/history/measurement-log.md)."""
+    the clips a task decodes on several threads all run at it. Why decode tasks run at 10:
+    docs/design/nice-decode.md."""
     if niceness <= 0 or not hasattr(os, "getpriority"):
         return
     with contextlib.suppress(OSError):
@@ -39,13 +37,10 @@ def retain_freed_memory(wanted: bool = True) -> bool:
     kernel (glibc's ``mallopt``: blocks up to 1 GB come from the heap, and the heap is not
     trimmed below that). Returns whether the setting is in force.
 
-    glibc maps every block above 32 MB on its own and unmaps it on free, so each unit's
-    arrays (its audio, its PCM: hundreds of MB) were new pages, and the kernel zeroed and
-    faulted in every one of them again: a fifth (on a 2-core machine) to over a quarter (on
-    the 16-core GPU host) of one decode task's CPU time per 10 s 48 kHz clip
-    (docs/history/measurement-log.md; with 16 tasks at once on that host, what they wait on is
-    elsewhere and a run was as fast either way). The cost is that a worker keeps its largest
-    unit's footprint resident between tasks. ``wanted`` (``tuning.retain_freed_memory``,
+    glibc maps every block above 32 MB on its own and unmaps it on free, so without this
+    each unit's arrays are fresh pages the kernel zeroes and faults in again (what that
+    costs: docs/design/decode-path.md). The cost is that a worker keeps its largest unit's
+    footprint resident between tasks. ``wanted`` (``tuning.retain_freed_memory``,
     carried in the unit's ``DecodeSpec``) False turns it off; the first call in a process
     decides, as the setting cannot be undone."""
     global _retained

@@ -70,11 +70,8 @@ def _tar_members(url: str, storage: Storage) -> Iterator[tuple[tarfile.TarInfo, 
     """Each member's header in archive order, with a function that reads its data (call it
     before asking for the next member: a streamed tar cannot go back).
 
-    Per member, the streamed reader costs about 70 buffer-sized reads and three copies of
-    the data (``tarfile``'s stream buffer: a tenth of a decode task's time in a profile on a
-    2-core machine); the whole-tar path costs one read for the tar and nothing per member:
-    16 decode tasks at once on the GPU host went from 2,248 to 2,386 clips/s
-    (docs/history/measurement-log.md).
+    A tar that fits is read in one request and its members are views of that buffer; a
+    larger one is streamed (why: docs/design/decode-path.md).
     Both raise the same errors for the same bytes: a truncated member's data comes back
     short, and the caller checks every member's length."""
     size = int(storage.info(url).get("size") or 0)

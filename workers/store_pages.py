@@ -4,16 +4,14 @@ caption call.
 A process reaches the object store through one shared mapping of the whole store, but
 each page costs the process a page fault the first time it touches it. The captioner actor
 touches every page of every unit it captions (pinning them for the copy to the GPU), and
-in a run each unit arrives in pages it has not touched yet: pinning a unit's 234 MB took
-33-56 ms from such pages against 20-27 ms from pages touched before, and the captioner fed
-from them reached 2,320-2,440 clips/s against 2,810-2,910 (docs/history/measurement-log.md). A decoded unit
-waits seconds in the store for its caption call, so the actor maps it in that time, on a
-thread of its own (``CaptionActor.map_input``), and the call finds its pages mapped.
+in a run each unit arrives in pages it has not touched yet. A decoded unit waits in the
+store for its caption call, so the actor maps it in that time, on a thread of its own
+(``CaptionActor.map_input``), and the call finds its pages mapped (why:
+docs/design/pinned-store-pages.md).
 
 Reading one byte per page maps them (the kernel maps a read fault's neighbours in a shared
-file with it; ``madvise(MADV_POPULATE_READ)`` would need Linux 5.14): 8.2 ms for a unit of
-234 MB on the H200 host. NumPy's loop releases the GIL, so the caption calls' threads run
-meanwhile.
+file with it; ``madvise(MADV_POPULATE_READ)`` would need Linux 5.14). NumPy's loop releases
+the GIL, so the caption calls' threads run meanwhile.
 """
 
 from __future__ import annotations

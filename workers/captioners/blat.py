@@ -4,8 +4,8 @@ folder. Loads once per actor, on the actor's GPU when it has one, bf16 autocast 
 Config (``captioner_options``): ``beam_size`` (3), ``max_words`` (20), ``min_words`` (1),
 ``candidates`` (how many n-best hypotheses to return per clip; default all ``beam_size``),
 ``cuda_graphs`` (true: on a GPU, each beam step is replayed as a CUDA graph captured at the
-actor's warm-up for its batch size; the same captions, without the per-kernel launch cost:
-2.2x the GPU throughput at batch 256 on an H200).
+actor's warm-up for its batch size; the same captions, without the per-kernel launch cost;
+docs/design/gpu-captioner.md).
 
 This module is what the driver needs (the description of a run: id, sample rate, clip
 length) and imports no torch; the model itself lives in ``blat_runtime``, imported by the

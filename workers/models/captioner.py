@@ -138,11 +138,8 @@ class TagGuidedCaptioner(nn.Module):
     def tag_inputs(self, tag_indices: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised multi-hot (B, n_tags), prefix ids (B, P) padded with n_tags).
 
-        Built on the CPU and moved in one copy each: per-row writes into a GPU tensor cost a
-        kernel launch apiece, which at batch 256 took longer than the encoder. Built with
-        NumPy in one scatter each, not a row at a time: at batch 256 with 1-4 tags a clip, 0.2
-        ms against 2.4 ms (``add``) and 5.8 ms (``prefix``) of the caption call's thread
-        (the 2-core machine, docs/history/measurement-log.md)."""
+        Built on the CPU with NumPy, one scatter each, and moved in one copy each
+        (docs/design/gpu-captioner.md)."""
         b, n_tags, width = len(tag_indices), self.cfg.n_tags, self.cfg.prefix_len
         lengths = np.fromiter((len(idx) for idx in tag_indices), dtype=np.int64, count=b)
         tags = np.fromiter(itertools.chain.from_iterable(tag_indices), dtype=np.int64, count=int(lengths.sum()))
