@@ -37,7 +37,8 @@ from common import (
 _CHILD = """
 import json, sys, time
 started = time.perf_counter()
-from tagcap.pipeline.executor import CaptionActor, ExecutionSettings  # torch not yet, as in a Ray worker
+from tagcap.pipeline.executor import ExecutionSettings  # torch not yet, as in a Ray worker
+from tagcap.pipeline.stage_actors import CaptionActor
 imported = time.perf_counter()
 gpu = float(sys.argv[2])
 settings = ExecutionSettings(

@@ -27,9 +27,11 @@ from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.manifest import RunManifest
 from tagcap.schemas.records import median_stage_seconds
-from tagcap.schemas.work import DecodeSpec
+from tagcap.schemas.stages import StageSettings
+from tagcap.schemas.work import DecodeSpec, StageInfo
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.stages import describe_stage
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
 
@@ -62,6 +64,7 @@ class Prepared:
     identity: str
     metadata_digest: dict[str, str]
     filter_params: dict | None = None
+    stages: tuple[StageInfo, ...] = ()  # the stages after the captioner, in chain order
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -82,6 +85,28 @@ def _read(storage: Storage, url: str, what: str) -> bytes:
         raise ConfigError(f"{what} cannot be read: {url}: {exc}") from None
 
 
+def _stage_specs(config: CaptionConfig) -> list[tuple[str, str, dict]]:
+    """(stage, SPEC, options) of each stage after the captioner, in chain order."""
+    specs = []
+    if config.rewrite:
+        specs.append(("rewrite", config.rewrite, dict(config.rewrite_options)))
+    if config.filter:
+        specs.append(("filter", config.filter, {"rule": config.filter_rule}))
+    return [(stage, spec, {**options, "storage_options": config.storage_options}) for stage, spec, options in specs]
+
+
+def describe_stages(config: CaptionConfig) -> tuple[StageInfo, ...]:
+    """Each stage after the captioner described on the driver (its model folder checked, its
+    weights hashed, its options validated); a ConfigError naming the flag otherwise."""
+    infos = []
+    for stage, spec, options in _stage_specs(config):
+        try:
+            infos.append(describe_stage(stage, spec, options))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--{stage} {spec}: {exc}") from None
+    return tuple(infos)
+
+
 def prepare_run(config: CaptionConfig) -> Prepared:
     storage = Storage(config.storage_options)
     for url in [*config.input, *config.segments, config.labels, config.output]:
@@ -89,14 +114,15 @@ def prepare_run(config: CaptionConfig) -> Prepared:
             check_url(url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    filter_params = None
-    if config.filter:
-        from tagcap.workers.filters import describe_filter
-
-        try:
-            filter_params = describe_filter(config.filter, config.filter_rule, storage)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--filter {config.filter}: {exc}") from None
+    stages = describe_stages(config)
+    filter_params = next(
+        (
+            {"filter": "clap", "checkpoint_sha256": s.sha256, "rule": s.params["rule"]}
+            for s in stages
+            if s.stage == "filter"
+        ),
+        None,
+    )
     try:
         info = captioners.describe(config.captioner, _captioner_config(config))
     except captioners.CaptionerSpecError as exc:
@@ -133,6 +159,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         "input": plan.fingerprint.digest_source(),
         "metadata": digest,
         "filter": filter_params,
+        "stages": [asdict(s) for s in stages],
         "schema": SCHEMA_VERSION,
     }
     identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
@@ -147,6 +174,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         identity,
         digest,
         filter_params,
+        stages,
     )
 
 
@@ -176,6 +204,7 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
             "clip_seconds": prep.info.clip_seconds,
         },
         filter_params=prep.filter_params,
+        stages=[asdict(s) for s in prep.stages],
         input_fingerprint={**asdict(prep.plan.fingerprint), "metadata_sha256": prep.metadata_digest},
         config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
         identity=prep.identity,
@@ -209,9 +238,11 @@ def execution_settings(prep: Prepared) -> ExecutionSettings:
         actor_threads=config.actor_threads or getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1),
         max_attempts=config.max_attempts,
         unit_timeout_s=config.unit_timeout_s,
-        filter_spec=config.filter,
-        filter_rule=config.filter_rule,
         storage_options=config.storage_options,
+        stages=tuple(
+            StageSettings(stage, spec, options, config.stage_resources(stage), info.model_id)
+            for (stage, spec, options), info in zip(_stage_specs(config), prep.stages, strict=True)
+        ),
         unit_bytes=_typical_unit_bytes(prep),
         captioner_id=prep.info.captioner_id,
         tuning=config.tuning,
@@ -290,6 +321,7 @@ def _run_leased(prep: Prepared) -> int:
         checkpoint_sha256=prep.info.checkpoint_sha256,
         params={**manifest.generation_params, **({"filter": prep.filter_params} if prep.filter_params else {})},
         tagcap_version=tagcap.__version__,
+        stages=prep.stages,
     )
     t0 = time.time()
     progress = RunProgress(len(prep.plan.units), len(done), enabled=config.progress)

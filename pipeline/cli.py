@@ -11,7 +11,7 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import yaml
@@ -33,7 +33,8 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     io.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
     io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     cap = p.add_argument_group("captioner")
-    cap.add_argument("--captioner", help="template | blat:PATH | hf:PATH | package.module:ClassName")
+    cap.add_argument("--captioner", help="template | blat:PATH | hf:PATH | alm:PATH | package.module:ClassName")
+    cap.add_argument("--rewrite", help="rewrite stage after the captioner: lm:PATH (a transformers causal LM)")
     cap.add_argument("--filter", help="caption filter: clap:CHECKPOINT (from tagcap pretrain)")
     cap.add_argument("--filter-rule", help="best>=T (BLAT, default best>=0.5) | beats-tags (AudioSetCaps)")
     cap.add_argument("--batch-size", type=int, help="clips per captioner call (default 64)")
@@ -58,6 +59,9 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
         help="nice value of decode tasks (default 10: below the captioner actors and writers; 0: as they are)",
     )
     res.add_argument("--actor-threads", type=int, help="calls at once per captioner actor (default: the captioner's)")
+    for stage in ("rewrite", "filter"):
+        res.add_argument(f"--{stage}-actors", type=int, help=f"{stage} stage actors (default 1)")
+        res.add_argument(f"--{stage}-gpus-per-actor", type=float, help=f"GPUs per {stage} actor (default 0)")
     cluster = p.add_argument_group("cluster")
     cluster.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
     cluster.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: the machine's)")
@@ -223,9 +227,18 @@ def load_options(args: argparse.Namespace, cls: type, list_fields: set[str], req
 def caption_config(args: argparse.Namespace) -> CaptionConfig:
     assignments = getattr(args, "tuning", None) or []
     args.tuning = None  # --tuning KEY=VALUE goes over the YAML's tuning: mapping, not in place of it
+    # --rewrite-actors and the like go over the YAML's stages: mapping, key by key.
+    stage_flags = {
+        (stage, key): args.__dict__.pop(f"{stage}_{key}", None)
+        for stage in ("rewrite", "filter")
+        for key in ("actors", "gpus_per_actor")
+    }
     config = load_options(args, CaptionConfig, {"input", "segments"}, ("input", "segments", "labels", "output"))
     if assignments:
         config.tuning = config.tuning.updated(assignments)
+    for (stage, key), value in stage_flags.items():
+        if value is not None:
+            config.stages[stage] = replace(config.stage_resources(stage), **{key: value})
     return config
 
 

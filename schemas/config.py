@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tagcap.schemas.stages import StageResources
 from tagcap.schemas.tuning import Tuning
 
 # Fields that do not change output bytes: resuming with other values is allowed.
@@ -37,6 +38,7 @@ EXECUTION_FIELDS = frozenset(
         "tuning",
         "ray_timeline",
         "call_trace",
+        "stages",
     }
 )
 
@@ -71,6 +73,11 @@ class CaptionConfig:
     captioner_options: dict[str, Any] = field(default_factory=dict)
     filter: str | None = None  # clap:CHECKPOINT
     filter_rule: str = "best>=0.5"  # best>=T | beats-tags
+    rewrite: str | None = None  # lm:FOLDER, or package.module:ClassName
+    rewrite_options: dict[str, Any] = field(default_factory=dict)
+    # Resources of the stages after the captioner (the YAML's ``stages:`` mapping, by stage
+    # name: actors, gpus_per_actor, cpus_per_actor, batch_size, threads; see schemas/stages.py).
+    stages: dict[str, Any] = field(default_factory=dict)
     audio: str = "copy"
     batch_size: int = 64
     gpus_per_actor: float = 0.0
@@ -111,6 +118,12 @@ class CaptionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.tuning, Tuning):
             self.tuning = Tuning.from_mapping(self.tuning)
+        unknown = sorted(set(self.stages) - {"rewrite", "filter"})
+        if unknown:
+            raise ValueError(f"stages: unknown stage(s) {', '.join(unknown)} (known: rewrite, filter)")
+        for name in list(self.stages):
+            if not isinstance(self.stages[name], StageResources):
+                self.stages[name] = StageResources.from_mapping(name, self.stages[name])
         AudioMode.parse(self.audio)
         if self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
@@ -151,6 +164,10 @@ class CaptionConfig:
     @property
     def audio_mode(self) -> AudioMode:
         return AudioMode.parse(self.audio)
+
+    def stage_resources(self, stage: str) -> StageResources:
+        found = self.stages.get(stage)
+        return found if isinstance(found, StageResources) else StageResources()
 
     def identity_fields(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS and k != "output"}

@@ -38,6 +38,8 @@ class RunManifest:
     shards_total: int = 0
     shards_committed: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard -> reason
+    # The stages after the captioner: stage, model_id, sha256, params (chain order).
+    stages: list[dict[str, Any]] = field(default_factory=list)
     samples_in: int = 0
     samples_written: int = 0
     samples_failed: int = 0

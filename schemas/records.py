@@ -42,6 +42,7 @@ class ErrorReason(StrEnum):
     UNKNOWN_TAGS = "unknown_tags"  # none of the segment's MIDs is in the label map
     CAPTION_ERROR = "caption_error"  # the captioner raised on this sample
     FILTERED = "filtered"  # the caption filter rejected every candidate
+    REWRITE_ERROR = "rewrite_error"  # the rewrite stage failed on this sample
 
 
 INDEX_SCHEMA = pa.schema(
@@ -81,7 +82,7 @@ class ErrorRecord:
 
     key: str
     source: str
-    stage: str  # read | decode | join | caption | filter
+    stage: str  # read | decode | join | caption | rewrite | filter
     reason: ErrorReason
     detail: str
 
@@ -96,6 +97,16 @@ class CaptionMeta:
     candidates: list[str]
     tagcap_version: str
     schema: int = SCHEMA_VERSION
+    # An audio-language captioner's answer to each prompt of its chain; absent (not written)
+    # for captioners that answer one caption.
+    answers: list[str] | None = None
+    # Each stage after the captioner (rewrite, filter): its model, sha256, settings and what
+    # it made of this sample; absent (not written) for a run with none.
+    stages: list[dict[str, Any]] | None = None
+
+
+# CaptionMeta fields left out of a sample's JSON when they are None.
+_OPTIONAL_META = frozenset({"answers", "stages"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,8 @@ class SampleRecord:
         # Sorted keys and fixed separators: the member's bytes are part of the
         # byte-identical-shards guarantee. The fields as they are, not ``asdict``'s deep
         # copy of them: the same JSON (that copy was a sixth of a write task in a profile).
-        fields = {**vars(self), "caption_meta": vars(self.caption_meta)}
+        meta = {k: v for k, v in vars(self.caption_meta).items() if v is not None or k not in _OPTIONAL_META}
+        fields = {**vars(self), "caption_meta": meta}
         return json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 

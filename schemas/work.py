@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -171,21 +172,48 @@ class UnitPayload:
 
 
 @dataclass(frozen=True)
+class StageOutput:
+    """What one stage after the captioner (a rewrite, a filter) made of one clip, kept in the
+    sample's ``caption_meta.stages`` beside that stage's model and settings."""
+
+    stage: str
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CaptionResult:
-    """What a captioner returns for one clip."""
+    """What a captioner returns for one clip, and what each later stage makes of it."""
 
     text: str | None  # None: this clip failed (see error)
     logprob: float | None = None
     candidates: tuple[str, ...] = ()
     score: float | None = None  # filter score (audio-text similarity), when a filter ran
     error: str | None = None
+    answers: tuple[str, ...] = ()  # an audio-language model's answer to each of its prompts
+    error_stage: str = "caption"  # which stage failed this clip (with ``error``)
+    stages: tuple[StageOutput, ...] = ()  # the later stages' outputs, in chain order
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A stage after the captioner as the driver describes it, without loading its model:
+    recorded in the manifest, in the run's identity and in every sample's provenance."""
+
+    stage: str  # "rewrite" or "filter"
+    model_id: str  # names the weights' sha256
+    sha256: str | None
+    params: dict[str, Any]
 
 
 @dataclass
 class CaptionedUnit:
-    """A caption call's answer: the results in the unit's order, and when the call ran (unix
-    seconds, by the captioner's clock), which the writer records as the unit's stages."""
+    """A caption call's answer, passed along the chain: the results in the unit's order, the
+    clips' tag names (what a text stage reads instead of the audio), and when the caption
+    call ran (unix seconds, by the captioner's clock), which the writer records as the
+    unit's stages; each later stage adds its own window to ``stage_windows``."""
 
     results: list[CaptionResult]
     started_at: float
     finished_at: float
+    tags: list[list[str]] = field(default_factory=list)
+    stage_windows: dict[str, tuple[float, float]] = field(default_factory=dict)

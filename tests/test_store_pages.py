@@ -64,7 +64,7 @@ def test_the_caption_actor_maps_a_unit_beside_its_caption_calls(ray_local):
     """The actor class a run makes: with its one caption thread busy in a slow call,
     map_input still runs (its own concurrency group) and touches every page of the unit;
     the captions are those of a call without it."""
-    from tagcap.pipeline.executor import caption_actor_class
+    from tagcap.pipeline.stage_actors import caption_actor_class
     from tagcap.schemas.work import ModelBatch
     from tests.helpers import SLOW_TEMPLATE, execution_settings
 

@@ -68,7 +68,7 @@ import json, sys
 import ray
 from tagcap.pipeline.caption import decode_spec, execution_settings, prepare_run
 from tagcap.pipeline.cli import build_parser, caption_config
-from tagcap.pipeline.executor import caption_actor_class
+from tagcap.pipeline.stage_actors import caption_actor_class
 from tagcap.workers import process_settings
 from tagcap.workers.prepare import prepare_unit
 

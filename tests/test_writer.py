@@ -122,9 +122,28 @@ def test_sample_json_is_the_records_fields_sorted_and_compact():
             tagcap_version="0.1.0",
         ),
     )
-    canonical = json.dumps(asdict(record), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-    assert record.to_json_bytes() == canonical
+
+    def canonical(rec):
+        # The optional provenance keys (an alm chain's answers, later stages) are left out when None.
+        fields = asdict(rec)
+        fields["caption_meta"] = {
+            k: v for k, v in fields["caption_meta"].items() if v is not None or k not in {"answers", "stages"}
+        }
+        return json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+    assert record.to_json_bytes() == canonical(record)
     assert json.loads(record.to_json_bytes())["caption_meta"]["candidates"] == ["a dog barks", "a dog"]
+    assert "answers" not in json.loads(record.to_json_bytes())["caption_meta"]
+    from dataclasses import replace
+
+    chained = replace(
+        record,
+        caption_meta=replace(
+            record.caption_meta, answers=["a dog", "no speech"], stages=[{"stage": "rewrite", "output": {"x": [1]}}]
+        ),
+    )
+    assert chained.to_json_bytes() == canonical(chained)
+    assert json.loads(chained.to_json_bytes())["caption_meta"]["answers"] == ["a dog", "no speech"]
 
 
 def test_stage_medians_follow_a_units_path_and_skip_stats_without_them():

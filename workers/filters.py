@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagcap.schemas.work import CaptionResult
+from tagcap.schemas.work import CaptionResult, StageOutput
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.clap import load_clap, load_clap_sha
 from tagcap.workers.storage import Storage
@@ -92,24 +92,37 @@ class ClapFilter:
     def apply(
         self, results: list[CaptionResult], waveforms: np.ndarray, sample_rate: int, tags: list[list[str]]
     ) -> list[CaptionResult]:
+        """Each clip's candidates scored against its audio, beside the plain tag string; the
+        best kept or the clip rejected by the rule. The scores go into the clip's
+        ``filter`` stage output either way."""
         texts = []
         for r, t in zip(results, tags, strict=True):
             cands = list(r.candidates) if r.candidates else ([r.text] if r.text else [])
-            if self.rule.kind == "beats-tags":
-                cands = [*cands, ", ".join(t)]
-            texts.append(cands)
+            texts.append([*cands, ", ".join(t)])
         scores = self.scores(waveforms, sample_rate, texts)
         out = []
         for r, cands, s in zip(results, texts, scores, strict=True):
             if r.text is None:
                 out.append(r)
                 continue
-            n = len(cands) - 1 if self.rule.kind == "beats-tags" else len(cands)
-            best = int(np.argmax(s[:n]))
-            bar = s[-1] if self.rule.kind == "beats-tags" else float(self.rule.threshold or 0.0)
-            keep = s[best] >= bar
-            if keep:
-                out.append(replace(r, text=cands[best], score=s[best]))
+            candidate_scores, tag_score = s[:-1], s[-1]
+            best = int(np.argmax(candidate_scores))
+            bar = tag_score if self.rule.kind == "beats-tags" else float(self.rule.threshold or 0.0)
+            output = StageOutput(
+                "filter", {"scores": candidate_scores, "tag_score": tag_score, "kept": candidate_scores[best] >= bar}
+            )
+            stages = (*r.stages, output)
+            if candidate_scores[best] >= bar:
+                out.append(replace(r, text=cands[best], score=candidate_scores[best], stages=stages))
             else:
-                out.append(replace(r, text=None, score=s[best], error="filtered"))
+                out.append(
+                    replace(
+                        r,
+                        text=None,
+                        score=candidate_scores[best],
+                        error="filtered",
+                        error_stage="filter",
+                        stages=stages,
+                    )
+                )
         return out

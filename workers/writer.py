@@ -35,7 +35,7 @@ from tagcap.schemas.records import (
     ShardStats,
 )
 from tagcap.schemas.tuning import Tuning
-from tagcap.schemas.work import CaptionResult, UnitPayload
+from tagcap.schemas.work import CaptionResult, StageInfo, UnitPayload
 from tagcap.workers.storage import Storage
 
 
@@ -47,6 +47,7 @@ class ProvenanceInfo:
     checkpoint_sha256: str | None
     params: dict[str, Any]
     tagcap_version: str
+    stages: tuple[StageInfo, ...] = ()  # the stages after the captioner, in chain order
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -132,6 +133,21 @@ def stage_seconds(
     return stages
 
 
+def _reason(result: CaptionResult) -> ErrorReason:
+    if result.error == "filtered":
+        return ErrorReason.FILTERED
+    return ErrorReason.REWRITE_ERROR if result.error_stage == "rewrite" else ErrorReason.CAPTION_ERROR
+
+
+def _stage_provenance(stages: tuple[StageInfo, ...], result: CaptionResult) -> list[dict[str, Any]]:
+    """Each stage's model, settings and its output for this sample, in chain order."""
+    outputs = {out.stage: out.output for out in result.stages}
+    return [
+        {"stage": s.stage, "model": s.model_id, "sha256": s.sha256, "params": s.params, "output": outputs.get(s.stage)}
+        for s in stages
+    ]
+
+
 def write_shard(
     payload: UnitPayload,
     results: list[CaptionResult],
@@ -161,8 +177,9 @@ def write_shard(
             tar = _TarStream(fh, writeback)
             for i, (meta, result) in enumerate(zip(payload.samples, results, strict=True)):
                 if result.text is None:
-                    reason = ErrorReason.FILTERED if result.error == "filtered" else ErrorReason.CAPTION_ERROR
-                    errors.append(ErrorRecord(meta.key, meta.source, "caption", reason, result.error or ""))
+                    errors.append(
+                        ErrorRecord(meta.key, meta.source, result.error_stage, _reason(result), result.error or "")
+                    )
                     continue
                 record = SampleRecord(
                     text=[result.text],
@@ -181,6 +198,8 @@ def write_shard(
                         clap_score=result.score,
                         candidates=list(result.candidates),
                         tagcap_version=provenance.tagcap_version,
+                        answers=list(result.answers) if result.answers else None,
+                        stages=_stage_provenance(provenance.stages, result) if provenance.stages else None,
                     ),
                 )
                 if meta.audio_ext:

@@ -1,6 +1,6 @@
 """Captioner SPECs and their classes.
 
-``template``, ``blat:PATH_OR_URL``, ``hf:PATH_OR_URL`` and ``package.module:ClassName``
+``template``, ``blat:PATH_OR_URL``, ``hf:PATH_OR_URL``, ``alm:PATH_OR_URL`` and ``package.module:ClassName``
 (a user plugin). :func:`resolve` turns a SPEC into (class, target) and fails with one
 clear message for an unknown SPEC; it imports no model code.
 """
@@ -26,10 +26,14 @@ def _builtin(kind: str) -> Any:
         from tagcap.workers.captioners.hf import HFCaptioner
 
         return HFCaptioner
+    if kind == "alm":
+        from tagcap.workers.captioners.alm import ALMCaptioner
+
+        return ALMCaptioner
     return None
 
 
-BUILTIN_KINDS = ("template", "blat", "hf")
+BUILTIN_KINDS = ("template", "blat", "hf", "alm")
 
 
 class CaptionerSpecError(ValueError):
@@ -44,7 +48,7 @@ def resolve(spec: str) -> tuple[Any, str]:
         return _builtin(kind), target
     if sep and target.isidentifier() and all(part.isidentifier() for part in kind.split(".")):
         return _plugin(kind, target), ""
-    known = "template, blat:PATH_OR_URL, hf:PATH_OR_URL, package.module:ClassName"
+    known = "template, blat:PATH_OR_URL, hf:PATH_OR_URL, alm:PATH_OR_URL, package.module:ClassName"
     raise CaptionerSpecError(f"unknown captioner {spec!r} (expected one of: {known})")
 
 

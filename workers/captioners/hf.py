@@ -17,13 +17,11 @@ in ``hf_runtime``, imported by the actor.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tagcap.schemas.layout import join_url
 from tagcap.schemas.work import CaptionResult, ModelBatch
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.model_folder import check_model_folder
 from tagcap.workers.storage import Storage
 
 if TYPE_CHECKING:
@@ -43,24 +41,11 @@ class HFCaptioner:
 
     @classmethod
     def describe(cls, target: str, config: dict[str, Any]) -> CaptionerInfo:
-        if not target:
-            raise ValueError("hf needs a model folder: hf:PATH_OR_URL")
-        storage = Storage(config.get("storage_options") or {})
-        names = sorted(e["url"].rsplit("/", 1)[-1] for e in storage.list_dir(target))
-        weights = [n for n in names if n.endswith(".safetensors")]
-        if "config.json" not in names:
-            raise ValueError(f"{target}: no config.json (not a save_pretrained folder)")
-        if not weights:
-            raise ValueError(f"{target}: no .safetensors weights (pickled weights are not loaded)")
-        digest = hashlib.sha256()
-        for name in weights:
-            digest.update(storage.read_bytes(join_url(target, name)))
-        sha = digest.hexdigest()
-        rate, seconds = 16000, 30.0
-        if "preprocessor_config.json" in names:
-            pre = json.loads(storage.read_bytes(join_url(target, "preprocessor_config.json")))
-            rate = int(pre.get("sampling_rate", rate))
-            seconds = float(pre.get("chunk_length", seconds))
+        folder = check_model_folder(target, Storage(config.get("storage_options") or {}), "hf")
+        sha = folder.sha256
+        pre = folder.json_files.get("preprocessor_config.json", {})
+        rate = int(pre.get("sampling_rate", 16000))
+        seconds = float(pre.get("chunk_length", 30.0))
         return CaptionerInfo(f"hf-{sha[:16]}", sha, rate, seconds, _params(config))
 
     def __init__(self, config: dict[str, Any]):

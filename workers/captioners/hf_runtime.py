@@ -4,30 +4,14 @@ and the prompt's shape: ``hf``."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import torch
 
 from tagcap.schemas.work import CaptionResult, ModelBatch
+from tagcap.workers.model_folder import local_folder
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.storage import Storage
-
-
-def _local_folder(target: str, storage: Storage) -> str:
-    """The checkpoint as a local folder (remote URLs are copied once, per process)."""
-    fs, path = storage.fs(target)
-    if storage.is_local(fs):
-        return path
-    local = tempfile.mkdtemp(prefix="tagcap-hf-")
-    for entry in storage.find(target):
-        rel = entry["url"][len(target.rstrip("/")) + 1 :]
-        dest = os.path.join(local, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as fh:
-            fh.write(storage.read_bytes(entry["url"]))
-    return local
 
 
 class HFRuntime:
@@ -35,7 +19,7 @@ class HFRuntime:
         from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
         self.params = params
-        folder = _local_folder(target, storage)
+        folder = local_folder(target, storage)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.features = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
