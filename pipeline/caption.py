@@ -25,13 +25,13 @@ from tagcap.schemas import SCHEMA_VERSION
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.config import CaptionConfig
 from tagcap.schemas.layout import OutputLayout
-from tagcap.schemas.manifest import RunManifest
+from tagcap.schemas.manifest import InputFingerprint, RunManifest
 from tagcap.schemas.records import median_stage_seconds
 from tagcap.schemas.stages import StageSettings
-from tagcap.schemas.work import DecodeSpec, StageInfo
+from tagcap.schemas.work import DecodeSpec, StageInfo, WorkUnit
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
-from tagcap.workers.stages import describe_stage
+from tagcap.workers.stages import describe_stage, stage_class
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
 
@@ -107,8 +107,68 @@ def describe_stages(config: CaptionConfig) -> tuple[StageInfo, ...]:
     return tuple(infos)
 
 
+def _prepare_regeneration(config: CaptionConfig, storage: Storage) -> Prepared:
+    """A regeneration: the units are the source corpus's committed shards, read without their
+    audio; the captioner is the source's, as its manifest records it (it does not run)."""
+    source_url = str(config.from_corpus)
+    for url in (source_url, config.output):
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.filter:
+        raise ConfigError("--filter scores the audio: a regeneration runs only text stages (--rewrite)")
+    if not config.rewrite:
+        raise ConfigError("tagcap regenerate needs --rewrite (the text stage to rerun)")
+    source_layout = OutputLayout(source_url)
+    try:
+        source = read_manifest(source_layout, storage)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source_url}: its manifest.json cannot be read: {exc}") from None
+    if source is None:
+        raise ConfigError(f"{source_url}: no manifest.json (not a tagcap output root)")
+    shards = sorted(committed_shards(source_layout, storage))
+    if not shards:
+        raise ConfigError(f"{source_url}: no committed shard to regenerate")
+    stages = describe_stages(config)
+    params = {k: v for k, v in source.generation_params.items() if k not in ("seed", "sample_rate", "clip_seconds")}
+    info = CaptionerInfo(
+        source.captioner,
+        source.checkpoint_sha256,
+        int(source.generation_params.get("sample_rate", 16000)),
+        float(source.generation_params.get("clip_seconds", 10.0)),
+        params,
+    )
+    urls = [source_layout.tar(s) for s in shards]
+    sizes = [int(storage.info(u).get("size") or 0) or None for u in urls]
+    fingerprint = InputFingerprint(urls, sizes, [None] * len(urls))
+    units = [WorkUnit(i, shard, "corpus", (url,)) for i, (shard, url) in enumerate(zip(shards, urls, strict=True))]
+    identity_source = {
+        "config": config.identity_fields(),
+        "source": {"identity": source.identity, "shards": shards, "sizes": sizes},
+        "stages": [asdict(s) for s in stages],
+        "schema": SCHEMA_VERSION,
+    }
+    identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
+    return Prepared(
+        config,
+        storage,
+        OutputLayout(config.output),
+        info,
+        SegmentTable.concat([]),
+        LabelMap({}),
+        Plan(units, fingerprint),
+        identity,
+        {},
+        None,
+        stages,
+    )
+
+
 def prepare_run(config: CaptionConfig) -> Prepared:
     storage = Storage(config.storage_options)
+    if config.from_corpus:
+        return _prepare_regeneration(config, storage)
     for url in [*config.input, *config.segments, config.labels, config.output]:
         try:
             check_url(url)
@@ -222,6 +282,12 @@ def _typical_unit_bytes(prep: Prepared) -> int | None:
     return int(per_unit)
 
 
+def _concurrent_calls(config: CaptionConfig) -> int:
+    if config.from_corpus:
+        return 1  # no captioner runs
+    return int(getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1))
+
+
 def execution_settings(prep: Prepared) -> ExecutionSettings:
     """What the captioner actors and the scheduler are given of the run's configuration."""
     config = prep.config
@@ -235,14 +301,22 @@ def execution_settings(prep: Prepared) -> ExecutionSettings:
         decode_cpus=config.decode_cpus,
         write_cpus=config.writer_cpus,
         max_inflight=config.max_inflight,
-        actor_threads=config.actor_threads or getattr(captioners.resolve(config.captioner)[0], "concurrent_calls", 1),
+        actor_threads=config.actor_threads or _concurrent_calls(config),
         max_attempts=config.max_attempts,
         unit_timeout_s=config.unit_timeout_s,
         storage_options=config.storage_options,
         stages=tuple(
-            StageSettings(stage, spec, options, config.stage_resources(stage), info.model_id)
+            StageSettings(
+                stage,
+                spec,
+                options,
+                config.stage_resources(stage),
+                info.model_id,
+                needs_audio=bool(getattr(stage_class(stage, spec)[0], "needs_audio", False)),
+            )
             for (stage, spec, options), info in zip(_stage_specs(config), prep.stages, strict=True)
         ),
+        from_corpus=bool(config.from_corpus),
         unit_bytes=_typical_unit_bytes(prep),
         captioner_id=prep.info.captioner_id,
         tuning=config.tuning,
@@ -310,8 +384,10 @@ def _run_leased(prep: Prepared) -> int:
         raise ConfigError(f"output {config.output} is not writable: {exc}") from None
 
     print(
-        f"tagcap caption: {len(prep.plan.units)} shards ({len(done)} already committed, {len(todo)} to do), "
-        f"captioner {prep.info.captioner_id}, output {config.output}",
+        f"tagcap {'regenerate' if config.from_corpus else 'caption'}: {len(prep.plan.units)} shards "
+        f"({len(done)} already committed, {len(todo)} to do), "
+        + (f"from {config.from_corpus}" if config.from_corpus else f"captioner {prep.info.captioner_id}")
+        + f", output {config.output}",
         file=sys.stderr,
     )
     settings = execution_settings(prep)

@@ -89,6 +89,22 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     adv.add_argument("--call-trace", metavar="DIR", help="captioner actors write where each call's time went here")
 
 
+def _regenerate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "regenerate", help="rerun the text stages over an existing corpus (no audio read) into caption-only shards"
+    )
+    p.add_argument("source", help="output root of an earlier tagcap caption run")
+    p.add_argument("--config", help="YAML file with any of the options below (rewrite_options, stages, tuning)")
+    p.add_argument("--output", help="output root URL of the caption-only corpus")
+    p.add_argument("--rewrite", help="the rewrite stage: lm:PATH (a transformers causal LM) or package.module:Class")
+    p.add_argument("--rewrite-actors", type=int, help="rewrite stage actors (default 1)")
+    p.add_argument("--rewrite-gpus-per-actor", type=float, help="GPUs per rewrite actor (default 0)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")
+    p.add_argument("--max-attempts", type=int, help="attempts per shard before it is reported failed (default 3)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+
+
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="write a small synthetic AudioSet-shaped input")
     p.add_argument("outdir")
@@ -176,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagcap", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _caption_parser(sub)
+    _regenerate_parser(sub)
     _sample_parser(sub)
     _train_captioner_parser(sub)
     _prepare_captions_parser(sub)
@@ -224,7 +241,16 @@ def load_options(args: argparse.Namespace, cls: type, list_fields: set[str], req
     return cls(**values)
 
 
-def caption_config(args: argparse.Namespace) -> CaptionConfig:
+def regenerate_config(args: argparse.Namespace) -> CaptionConfig:
+    """``tagcap regenerate SOURCE``: a caption run whose input is SOURCE's sample JSON."""
+    args.from_corpus = args.__dict__.pop("source")
+    args.labels = ""
+    return caption_config(args, required=("output", "from_corpus"))
+
+
+def caption_config(
+    args: argparse.Namespace, required: tuple[str, ...] = ("input", "segments", "labels", "output")
+) -> CaptionConfig:
     assignments = getattr(args, "tuning", None) or []
     args.tuning = None  # --tuning KEY=VALUE goes over the YAML's tuning: mapping, not in place of it
     # --rewrite-actors and the like go over the YAML's stages: mapping, key by key.
@@ -233,7 +259,7 @@ def caption_config(args: argparse.Namespace) -> CaptionConfig:
         for stage in ("rewrite", "filter")
         for key in ("actors", "gpus_per_actor")
     }
-    config = load_options(args, CaptionConfig, {"input", "segments"}, ("input", "segments", "labels", "output"))
+    config = load_options(args, CaptionConfig, {"input", "segments"}, required)
     if assignments:
         config.tuning = config.tuning.updated(assignments)
     for (stage, key), value in stage_flags.items():
@@ -332,17 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     if args.command == "prepare-captions":
         return _prepare_captions(args)
-    if args.command == "caption":
+    if args.command in ("caption", "regenerate"):
         from tagcap.pipeline.caption import ConfigError, RunInterrupted, run_caption
 
         try:
-            config = caption_config(args)
+            config = caption_config(args) if args.command == "caption" else regenerate_config(args)
             return run_caption(config)
         except (ConfigError, ValueError) as exc:
-            print(f"tagcap caption: error: {exc}", file=sys.stderr)
+            print(f"tagcap {args.command}: error: {exc}", file=sys.stderr)
             return 2
         except RunInterrupted as exc:
-            print(f"tagcap caption: {exc}", file=sys.stderr)
+            print(f"tagcap {args.command}: {exc}", file=sys.stderr)
             return 130
     return 2
 

@@ -38,6 +38,7 @@ from tagcap.schemas.records import ShardStats
 from tagcap.schemas.stages import StageSettings
 from tagcap.schemas.tuning import Tuning
 from tagcap.schemas.work import DecodeSpec, WorkUnit
+from tagcap.workers.corpus_reader import read_corpus_unit
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
 from tagcap.workers.writer import ProvenanceInfo
@@ -46,6 +47,11 @@ from tagcap.workers.writer import ProvenanceInfo
 @ray.remote(num_returns=2)
 def _prepare(unit: WorkUnit, spec: DecodeSpec, segments: SegmentTable, labels: LabelMap, storage: Storage):
     return prepare_unit(unit, spec, segments, labels, storage)
+
+
+@ray.remote(num_returns=2)
+def _read_corpus(unit: WorkUnit, storage: Storage):
+    return read_corpus_unit(unit, storage)
 
 
 @dataclass
@@ -78,6 +84,9 @@ class ExecutionSettings:
     # obey the driver's values, whatever their own environment holds).
     tuning: Tuning = field(default_factory=Tuning)
     call_trace: str | None = None  # a folder: each actor writes where its calls' time went
+    # A regeneration: each unit is a shard of an existing corpus, read without its audio,
+    # and no captioner runs (the corpus holds the caption stage's results).
+    from_corpus: bool = False
 
     @property
     def maps_ahead(self) -> bool:
@@ -148,13 +157,15 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
     """The model stages' actor pools (caption first), the CPUs each captioner actor reserves
     and the CPUs the stages after the captioner reserve in all."""
     n_actors = max(1, min(settings.actors, n_units))
-    wanted = {"caption": (n_actors, settings.cpus_per_actor)}
+    wanted = {} if settings.from_corpus else {"caption": (n_actors, settings.cpus_per_actor)}
     for stage in settings.stages:
         wanted[stage.stage] = (max(1, min(stage.resources.actors, n_units)), stage.resources.cpus)
     total = float(ray.cluster_resources().get("CPU", 0.0))
     cpus = actor_cpus(total, settings.decode_cpus, writers_cpus, wanted)
-    caption_cls = caption_actor_class(settings, cpus["caption"])
-    pools = {"caption": ActorPool("caption", lambda: caption_cls.remote(settings), n_actors)}
+    pools = {}
+    if not settings.from_corpus:
+        caption_cls = caption_actor_class(settings, cpus["caption"])
+        pools["caption"] = ActorPool("caption", lambda: caption_cls.remote(settings), n_actors)
     for stage in settings.stages:
         cls = stage_actor_class(stage, cpus[stage.stage])
 
@@ -163,7 +174,7 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
 
         pools[stage.stage] = ActorPool(stage.stage, make, wanted[stage.stage][0])
     others = sum(n * cpus[name] for name, (n, _) in wanted.items() if name != "caption")
-    return pools, cpus["caption"], others
+    return pools, cpus.get("caption", 0.0), others
 
 
 def run_units(
@@ -183,13 +194,14 @@ def run_units(
         return result
     writers = WriterPool(layout, storage, provenance, settings.write_cpus, settings.tuning.writeback_bytes)
     pools, caption_cpus, stage_cpus = _pools(settings, len(units), writers.reserved_cpus)
-    captioners = pools["caption"]
+    captioners = pools.get("caption")
     limits: InflightLimits = _inflight_limits(
-        settings, len(captioners), caption_cpus, writers.reserved_cpus + stage_cpus
+        settings, len(captioners) if captioners else 1, caption_cpus, writers.reserved_cpus + stage_cpus
     )
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
+    read_corpus = _read_corpus.options(num_cpus=settings.decode_cpus, max_retries=0)
 
     pending = deque((unit, 1) for unit in units)
     waiting: dict[ray.ObjectRef, _Flight] = {}  # every pending call of every unit in the air
@@ -236,25 +248,34 @@ def run_units(
                 on_failed(flight.unit.shard, result.failed[flight.unit.shard])
 
     def submit(unit: WorkUnit, attempt: int) -> None:
-        refs: Any = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
-        batch_ref, payload_ref = refs  # num_returns=2
         chosen = {name: pool.take() for name, pool in pools.items()}
-        captioner = captioners[chosen["caption"]]
-        last = captioner.caption.remote(batch_ref)
-        if settings.maps_ahead:
-            # Fire and forget: a unit whose decode failed, or an actor that died, fails only this call.
-            captioner.map_input.options(num_returns=0).remote(batch_ref)
-        calls = [("caption", last)]
+        refs: Any
+        if captioners is None:  # a regeneration: the corpus gives the caption stage's results
+            refs = read_corpus.remote(unit, storage)
+            batch_ref, payload_ref = refs  # num_returns=2
+            last, calls = batch_ref, []
+        else:
+            refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
+            batch_ref, payload_ref = refs  # num_returns=2
+            captioner = captioners[chosen["caption"]]
+            last = captioner.caption.remote(batch_ref)
+            if settings.maps_ahead:
+                # Fire and forget: a unit whose decode failed, or an actor that died, fails only this call.
+                captioner.map_input.options(num_returns=0).remote(batch_ref)
+            calls = [("caption", last)]
         for stage in settings.stages:
             actor = pools[stage.stage][chosen[stage.stage]]
-            needs_audio = stage.stage == "filter"
-            last = actor.run.remote(last, batch_ref) if needs_audio else actor.run.remote(last)
+            last = actor.run.remote(last, batch_ref) if stage.needs_audio else actor.run.remote(last)
             calls.append((stage.stage, last))
         flight = _Flight(
             unit, attempt, chosen, time.monotonic(), time.time(), batch_ref, payload_ref, last, stage_calls=calls
         )
         flights.append(flight)
-        waiting[batch_ref] = waiting[last] = flight
+        waiting[last] = flight
+        if last != batch_ref:
+            waiting[batch_ref] = flight
+        else:
+            flight.batch = None  # read and to be written: nothing decodes
 
     try:
         while pending or flights:

@@ -74,6 +74,9 @@ class CaptionConfig:
     filter: str | None = None  # clap:CHECKPOINT
     filter_rule: str = "best>=0.5"  # best>=T | beats-tags
     rewrite: str | None = None  # lm:FOLDER, or package.module:ClassName
+    # A tagcap output root to regenerate from (``tagcap regenerate``): its sample JSON is the
+    # input, its audio is never read; only text stages run.
+    from_corpus: str | None = None
     rewrite_options: dict[str, Any] = field(default_factory=dict)
     # Resources of the stages after the captioner (the YAML's ``stages:`` mapping, by stage
     # name: actors, gpus_per_actor, cpus_per_actor, batch_size, threads; see schemas/stages.py).

@@ -60,3 +60,4 @@ class StageSettings:
     options: dict[str, Any] = field(default_factory=dict)  # the stage's options, with storage_options
     resources: StageResources = field(default_factory=StageResources)
     model_id: str | None = None  # what the driver recorded; an actor that loads another refuses
+    needs_audio: bool = False  # its call takes the unit's PCM (a filter)
