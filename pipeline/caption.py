@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import tagcap
 from tagcap.pipeline.executor import ExecutionSettings, run_units
@@ -107,6 +108,16 @@ def describe_stages(config: CaptionConfig) -> tuple[StageInfo, ...]:
     return tuple(infos)
 
 
+def _identity(config: CaptionConfig, stages: tuple[StageInfo, ...], **parts: Any) -> str:
+    """The run's identity: the sha256 of everything that changes the bytes of its output.
+    A run without stages after the captioner names none, so its identity is what earlier
+    tagcap versions computed and their outputs resume."""
+    source = {"config": config.identity_fields(), **parts, "schema": SCHEMA_VERSION}
+    if stages:
+        source["stages"] = [asdict(s) for s in stages]
+    return hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _prepare_regeneration(config: CaptionConfig, storage: Storage) -> Prepared:
     """A regeneration: the units are the source corpus's committed shards, read without their
     audio; the captioner is the source's, as its manifest records it (it does not run)."""
@@ -143,13 +154,7 @@ def _prepare_regeneration(config: CaptionConfig, storage: Storage) -> Prepared:
     sizes = [int(storage.info(u).get("size") or 0) or None for u in urls]
     fingerprint = InputFingerprint(urls, sizes, [None] * len(urls))
     units = [WorkUnit(i, shard, "corpus", (url,)) for i, (shard, url) in enumerate(zip(shards, urls, strict=True))]
-    identity_source = {
-        "config": config.identity_fields(),
-        "source": {"identity": source.identity, "shards": shards, "sizes": sizes},
-        "stages": [asdict(s) for s in stages],
-        "schema": SCHEMA_VERSION,
-    }
-    identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
+    identity = _identity(config, stages, source={"identity": source.identity, "shards": shards, "sizes": sizes})
     return Prepared(
         config,
         storage,
@@ -213,16 +218,14 @@ def prepare_run(config: CaptionConfig) -> Prepared:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot list the input: {exc}") from None
 
-    identity_source = {
-        "config": config.identity_fields(),
-        "captioner": asdict(info),
-        "input": plan.fingerprint.digest_source(),
-        "metadata": digest,
-        "filter": filter_params,
-        "stages": [asdict(s) for s in stages],
-        "schema": SCHEMA_VERSION,
-    }
-    identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True, default=str).encode()).hexdigest()
+    identity = _identity(
+        config,
+        stages,
+        captioner=asdict(info),
+        input=plan.fingerprint.digest_source(),
+        metadata=digest,
+        filter=filter_params,
+    )
     return Prepared(
         config,
         storage,

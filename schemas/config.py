@@ -43,6 +43,10 @@ EXECUTION_FIELDS = frozenset(
 )
 
 
+# Identity fields left out of the identity while they are unset (see identity_fields).
+_UNSET_LEFT_OUT = frozenset({"rewrite", "rewrite_options", "from_corpus"})
+
+
 @dataclass(frozen=True)
 class AudioMode:
     """``--audio``: ``copy`` (original bytes), ``flac:RATE`` (mono FLAC re-encode), ``none``."""
@@ -173,4 +177,10 @@ class CaptionConfig:
         return found if isinstance(found, StageResources) else StageResources()
 
     def identity_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS and k != "output"}
+        """The fields that make up the run's identity. Those added with the stage chain are
+        left out while unset, so a plain run keeps the identity it had before them."""
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in EXECUTION_FIELDS and k != "output" and not (k in _UNSET_LEFT_OUT and not v)
+        }

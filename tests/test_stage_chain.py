@@ -158,3 +158,12 @@ def test_a_rewrite_plugin_errors_by_stage_retries_a_dead_actor_and_resumes(ray_l
     os.remove(out / shard.replace(".tar", ".stats.json"))
     assert run_caption(cfg()) == 0
     assert tar_digests(str(out)) == before
+
+
+def test_a_plain_run_keeps_the_identity_it_had_before_the_stage_chain(sample_input, tmp_path):
+    """The chain's fields are left out of a run's identity while unset, so outputs of
+    earlier tagcap versions still resume; set, they are in it."""
+    plain = sample_config(sample_input, tmp_path / "out").identity_fields()
+    assert not {"rewrite", "rewrite_options", "from_corpus", "stages"} & set(plain)
+    chained = sample_config(sample_input, tmp_path / "out", rewrite=TAG_REWRITER).identity_fields()
+    assert chained["rewrite"] == TAG_REWRITER
