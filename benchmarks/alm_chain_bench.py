@@ -15,6 +15,7 @@ and the GPU memory its process held at most; and which stage limits the chain.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pathlib
@@ -106,6 +107,30 @@ def _fixed_length(model: Any, tokenizer: Any, tokens: int) -> None:
     config.min_new_tokens = tokens  # every answer exactly --tokens long
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ``--tiny``: the same two architectures at toy size, to try the benchmark on a CPU.
+_TOY = {
+    "num_hidden_layers": 1,
+    "encoder_layers": 1,
+    "hidden_size": 64,
+    "d_model": 64,
+    "intermediate_size": 128,
+    "encoder_ffn_dim": 128,
+    "num_attention_heads": 4,
+    "encoder_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def _shrunk(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_shrunk(v) if isinstance(v, dict) else _TOY.get(k, v)) for k, v in config.items()}
+
+
 def _random_model(folder: str, make: Any, tokenizer: Any, processor: Any, tokens: int) -> None:
     """``make()`` built on the GPU in bf16 with random weights, saved with its tokenizer or
     processor (once: a folder marked DONE is kept)."""
@@ -113,7 +138,7 @@ def _random_model(folder: str, make: Any, tokenizer: Any, processor: Any, tokens
 
     if os.path.exists(os.path.join(folder, "DONE")):
         return
-    with torch.device("cuda"):
+    with torch.device(_device()):
         torch.set_default_dtype(torch.bfloat16)
         model = make()
         torch.set_default_dtype(torch.float32)
@@ -125,19 +150,20 @@ def _random_model(folder: str, make: Any, tokenizer: Any, processor: Any, tokens
     open(os.path.join(folder, "DONE"), "w").close()
 
 
-def build_models(work: str, tokens: int) -> tuple[str, str]:
-    """Both model folders, with random weights (each ~15-17 GB)."""
+def build_models(work: str, tokens: int, tiny: bool = False) -> tuple[str, str]:
+    """Both model folders, with random weights (each ~15-17 GB; ``tiny``: toy size)."""
     import transformers
 
+    qwen, mistral_config = (_shrunk(QWEN2_AUDIO_7B), _shrunk(MISTRAL_7B)) if tiny else (QWEN2_AUDIO_7B, MISTRAL_7B)
     alm, lm = os.path.join(work, "qwen2-audio-7b"), os.path.join(work, "mistral-7b")
     tok = _word_tokenizer(156032, QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>")
     features = transformers.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30)
     processor = transformers.Qwen2AudioProcessor(feature_extractor=features, tokenizer=tok, chat_template=CHAT)
-    config = transformers.Qwen2AudioConfig(**QWEN2_AUDIO_7B)
+    config = transformers.Qwen2AudioConfig(**qwen)
     _random_model(alm, lambda: transformers.Qwen2AudioForConditionalGeneration(config), tok, processor, tokens)
     tok = _word_tokenizer(32000, MISTRAL_SPECIALS, "</s>", "<unk>")
     tok.chat_template = MISTRAL_CHAT
-    mistral = transformers.MistralConfig(**MISTRAL_7B)
+    mistral = transformers.MistralConfig(**mistral_config)
     _random_model(lm, lambda: transformers.MistralForCausalLM(mistral), tok, None, tokens)
     return alm, lm
 
@@ -152,11 +178,14 @@ class GpuMemory:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            out = subprocess.run(
-                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-            ).stdout
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            except FileNotFoundError:  # no GPU here
+                return
             for line in out.strip().splitlines():
                 pid, used = (x.strip() for x in line.split(","))
                 self.peak_mb[int(pid)] = max(self.peak_mb.get(int(pid), 0.0), float(used))
@@ -212,24 +241,24 @@ def one_clip_loop(alm: str, lm: str, corpus: Any, n: int, tokens: int, prompt: s
 
     from common import iter_clips
 
+    device = _device()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     processor = transformers.AutoProcessor.from_pretrained(alm, local_files_only=True)
     captioner = (
-        transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-            alm, local_files_only=True, dtype=torch.bfloat16
-        )
-        .cuda()
+        transformers.Qwen2AudioForConditionalGeneration.from_pretrained(alm, local_files_only=True, dtype=dtype)
+        .to(device)
         .eval()
     )
     tok = transformers.AutoTokenizer.from_pretrained(lm, local_files_only=True)
-    rewriter = transformers.MistralForCausalLM.from_pretrained(lm, local_files_only=True, dtype=torch.bfloat16)
-    rewriter = rewriter.cuda().eval()
+    rewriter = transformers.MistralForCausalLM.from_pretrained(lm, local_files_only=True, dtype=dtype)
+    rewriter = rewriter.to(device).eval()
     clips = iter_clips(corpus.tars)
     times = []
     with torch.no_grad():
         for i in range(n + 2):  # the first two warm up
             t0 = time.perf_counter()
             _, flac = next(clips)
-            wave, rate = sf.read(__import__("io").BytesIO(flac), dtype="float32")
+            wave, rate = sf.read(io.BytesIO(flac), dtype="float32")
             wave = taf.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, 16000).numpy()
             text = processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": prompt}]}],
@@ -237,9 +266,7 @@ def one_clip_loop(alm: str, lm: str, corpus: Any, n: int, tokens: int, prompt: s
                 tokenize=False,
             )
             inputs = processor(text=[text], audio=[wave], sampling_rate=16000, return_tensors="pt")
-            inputs = {
-                k: (v.cuda().to(torch.bfloat16) if v.is_floating_point() else v.cuda()) for k, v in inputs.items()
-            }
+            inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
             out = captioner.generate(**inputs, max_new_tokens=tokens, do_sample=False)
             answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             chat = tok.apply_chat_template(
@@ -247,9 +274,10 @@ def one_clip_loop(alm: str, lm: str, corpus: Any, n: int, tokens: int, prompt: s
                 add_generation_prompt=True,
                 tokenize=False,
             )
-            ids = tok(chat, return_tensors="pt", add_special_tokens=False).to("cuda")
+            ids = tok(chat, return_tensors="pt", add_special_tokens=False).to(device)
             rewriter.generate(**ids, max_new_tokens=tokens, do_sample=False)
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
     del captioner, rewriter
@@ -264,12 +292,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens every answer and rewrite has")
     ap.add_argument("--batch", type=int, default=64, help="clips per captioner call (the actor's batch)")
     ap.add_argument("--loop-clips", type=int, default=16)
+    ap.add_argument("--tiny", action="store_true", help="toy-size models, to try this on a CPU")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default="alm-chain")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     t0 = time.perf_counter()
-    alm, lm = build_models(args.work, args.tokens)
+    alm, lm = build_models(args.work, args.tokens, args.tiny)
+    gpu = 1.0 if _device() == "cuda" else 0.0
     built = time.perf_counter() - t0
     per_shard = min(args.batch, args.clips)  # a unit per caption call: many commits to time the steady state by
     corpus = make_corpus(
@@ -301,7 +331,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", out], check=True)
     # The first run on this start also pays the page cache's first read of the weights.
     figures["caption_alone"] = _tagcap(
-        ["caption"], {**base, "output": caption_only, "gpus_per_actor": 1.0}, args.work, "caption"
+        ["caption"], {**base, "output": caption_only, "gpus_per_actor": gpu}, args.work, "caption"
     )
     figures["rewrite_alone"] = _tagcap(
         ["regenerate", caption_only],
@@ -309,7 +339,7 @@ def main() -> None:
             "output": regen,
             "rewrite": f"lm:{lm}",
             "rewrite_options": {**gen, "batch_rows": args.batch},
-            "stages": {"rewrite": {"gpus_per_actor": 1.0}},
+            "stages": {"rewrite": {"gpus_per_actor": gpu}},
         },
         args.work,
         "regenerate",
@@ -319,10 +349,10 @@ def main() -> None:
         {
             **base,
             "output": chain,
-            "gpus_per_actor": 0.5,
+            "gpus_per_actor": gpu / 2,
             "rewrite": f"lm:{lm}",
             "rewrite_options": {**gen, "batch_rows": args.batch},
-            "stages": {"rewrite": {"gpus_per_actor": 0.5}},
+            "stages": {"rewrite": {"gpus_per_actor": gpu / 2}},
         },
         args.work,
         "chain",

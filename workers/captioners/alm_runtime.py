@@ -4,6 +4,7 @@ batch with left padding. Options and description: ``alm``."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,11 @@ class ALMRuntime:
         folder, self.device, self.model = open_model_folder(target, storage, self.params["architecture"])
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         self.tokenizer = left_padded(self.processor.tokenizer)
+        # Where the feature extractor can compute its log-mels on the model's device (Whisper's
+        # can), it does: on a GPU host the CPU is the decode tasks'.
+        extractor = getattr(self.processor, "feature_extractor", None)
+        takes_device = extractor is not None and "device" in inspect.signature(extractor.__call__).parameters
+        self.audio_kwargs = {"device": self.device.type} if takes_device else {}
 
     def _conversation(self, tags: list[str], answers: list[str], turn: int) -> list[dict[str, Any]]:
         """The chat up to question ``turn``: the audio in the first user turn, each earlier
@@ -61,6 +67,7 @@ class ALMRuntime:
                 sampling_rate=self.info.sample_rate,
                 return_tensors="pt",
                 text_kwargs={"padding": True},
+                audio_kwargs=self.audio_kwargs,
             )
             inputs = {
                 k: (v.to(self.device, self.model.dtype) if v.is_floating_point() else v.to(self.device))
