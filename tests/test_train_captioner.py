@@ -11,7 +11,7 @@ from tagcap.pipeline.synthetic import EVENTS, split_pairs, write_compositional_c
 from tagcap.workers.train_captioner import TrainConfig, lr_factor, train_captioner
 
 MODEL = {**MODEL_PRESETS["tiny"], "max_words": 10, "max_prefix_tags": 2, "dropout": 0.1}
-STEPS = 300
+STEPS = 200
 
 
 @pytest.fixture(scope="module")
