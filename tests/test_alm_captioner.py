@@ -152,3 +152,20 @@ def test_an_unknown_option_value_is_a_config_error(sample_input, alm_folders, tm
     )
     with pytest.raises(ConfigError, match="num_beams"):
         run_caption(cfg)
+
+
+def test_an_alm_folder_on_s3_captions_as_the_local_one_does(alm_folders, s3):
+    """Any fsspec URL: the driver checks and hashes the folder on S3 (moto on 127.0.0.1), the
+    actor copies it local once, and the captions are the local folder's."""
+    fs, options = s3
+    fs.mkdir("tagcap-models")
+    local = alm_folders["qwen2_audio"]
+    for name in os.listdir(local):
+        fs.put_file(os.path.join(local, name), f"tagcap-models/qwen2-audio/{name}")
+    opts = {"max_new_tokens": 4, "clip_seconds": 2.0}
+    remote = build("alm:s3://tagcap-models/qwen2-audio", {**opts, "storage_options": options})
+    here = build(f"alm:{local}", opts)
+    assert remote.info.checkpoint_sha256 == here.info.checkpoint_sha256
+    assert remote(_batch(2)) == here(_batch(2))
+    with pytest.raises(CaptionerSpecError, match="no such model folder"):
+        describe("alm:s3://tagcap-models/nothing", {"storage_options": options})

@@ -167,3 +167,19 @@ def test_a_plain_run_keeps_the_identity_it_had_before_the_stage_chain(sample_inp
     assert not {"rewrite", "rewrite_options", "from_corpus", "stages"} & set(plain)
     chained = sample_config(sample_input, tmp_path / "out", rewrite=TAG_REWRITER).identity_fields()
     assert chained["rewrite"] == TAG_REWRITER
+
+
+def test_stage_flags_go_over_the_yaml_stages_mapping_key_by_key(tmp_path):
+    from tagcap.pipeline.cli import build_parser, caption_config
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("stages: {rewrite: {actors: 3, threads: 2}, filter: {batch_size: 16}}\n")
+    args = build_parser().parse_args(
+        ["caption", "--config", str(config_file), "--input", "x.tar", "--segments", "s.csv", "--labels", "l.csv",
+         "--output", str(tmp_path / "out"), "--rewrite", TAG_REWRITER, "--rewrite-gpus-per-actor", "0.5",
+         "--filter-actors", "2"]
+    )  # fmt: skip
+    config = caption_config(args)
+    rewrite, flt = config.stage_resources("rewrite"), config.stage_resources("filter")
+    assert (rewrite.actors, rewrite.threads, rewrite.gpus_per_actor, rewrite.cpus) == (3, 2, 0.5, 0.0)
+    assert (flt.actors, flt.batch_size, flt.gpus_per_actor, flt.cpus) == (2, 16, 0.0, 1.0)
