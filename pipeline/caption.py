@@ -127,10 +127,16 @@ def _prepare_regeneration(config: CaptionConfig, storage: Storage) -> Prepared:
             check_url(url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if config.filter:
-        raise ConfigError("--filter scores the audio: a regeneration runs only text stages (--rewrite)")
-    if not config.rewrite:
-        raise ConfigError("tagcap regenerate needs --rewrite (the text stage to rerun)")
+    recorded = config.filter == "recorded"
+    if config.filter and not recorded:
+        raise ConfigError(
+            "--filter clap: scores the audio: a regeneration runs only text stages "
+            "(--rewrite, or --filter recorded for a new rule over the recorded scores)"
+        )
+    if recorded and config.rewrite:
+        raise ConfigError("--filter recorded cannot follow --rewrite: the new rewrites have no recorded scores")
+    if not config.rewrite and not recorded:
+        raise ConfigError("tagcap regenerate needs --rewrite, or --filter recorded with a --filter-rule")
     source_layout = OutputLayout(source_url)
     try:
         source = read_manifest(source_layout, storage)
@@ -174,6 +180,10 @@ def prepare_run(config: CaptionConfig) -> Prepared:
     storage = Storage(config.storage_options)
     if config.from_corpus:
         return _prepare_regeneration(config, storage)
+    if config.filter == "recorded":
+        raise ConfigError(
+            "--filter recorded applies a rule to a corpus's recorded scores: use it with tagcap regenerate"
+        )
     for url in [*config.input, *config.segments, config.labels, config.output]:
         try:
             check_url(url)

@@ -97,6 +97,8 @@ def _regenerate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with any of the options below (rewrite_options, stages, tuning)")
     p.add_argument("--output", help="output root URL of the caption-only corpus")
     p.add_argument("--rewrite", help="the rewrite stage: lm:PATH (a transformers causal LM) or package.module:Class")
+    p.add_argument("--filter", help="recorded: a new --filter-rule over the scores the source recorded (no audio)")
+    p.add_argument("--filter-rule", help="best>=T | beats-tags, with --filter recorded")
     p.add_argument("--rewrite-actors", type=int, help="rewrite stage actors (default 1)")
     p.add_argument("--rewrite-gpus-per-actor", type=float, help="GPUs per rewrite actor (default 0)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting an embedded one")

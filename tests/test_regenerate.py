@@ -104,7 +104,7 @@ def test_regenerate_rewrites_into_caption_only_shards_of_the_same_names_and_keys
 
 
 def test_regenerate_refuses_what_needs_audio_or_is_no_corpus(source, tmp_path):
-    with pytest.raises(ConfigError, match="--filter scores the audio"):
+    with pytest.raises(ConfigError, match="--filter clap: scores the audio"):
         run_caption(
             CaptionConfig(
                 input=[],
@@ -117,7 +117,7 @@ def test_regenerate_refuses_what_needs_audio_or_is_no_corpus(source, tmp_path):
                 progress=False,
             )
         )
-    with pytest.raises(ConfigError, match="needs --rewrite"):
+    with pytest.raises(ConfigError, match="needs --rewrite, or --filter recorded"):
         run_caption(
             CaptionConfig(
                 input=[], segments=[], labels="", output=str(tmp_path / "b"), from_corpus=source, progress=False
@@ -131,3 +131,30 @@ def test_regenerate_refuses_what_needs_audio_or_is_no_corpus(source, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_filter_rule_over_the_recorded_scores_needs_no_audio(ray_local, sample_input, clap_ckpt, tmp_path):
+    import statistics
+
+    scored = str(tmp_path / "scored")
+    cfg = sample_config(sample_input, scored, filter=f"clap:{clap_ckpt}", filter_rule="best>=-1")
+    assert run_caption(cfg) == 0
+    source = read_output(scored)
+    scores = {s["__key__"]: json.loads(s["json"])["caption_meta"]["clap_score"] for s in source.samples}
+    bar = statistics.median(scores.values())
+    out = str(tmp_path / "stricter")
+    config = CaptionConfig(input=[], segments=[], labels="", output=out, from_corpus=scored, filter="recorded",
+                           filter_rule=f"best>={bar:.6f}", progress=False)  # fmt: skip
+    assert run_caption(config) == 0
+    o = check_output(out, expected_inputs=len(source.samples))
+    kept = {s["__key__"] for s in o.samples}
+    assert kept == {k for k, v in scores.items() if v >= float(f"{bar:.6f}")} and 0 < len(kept) < len(scores)
+    assert {(r["stage"], r["reason"]) for r in o.error_rows} == {("filter", "filtered")}
+    for sample in o.samples:
+        (stage,) = json.loads(sample["json"])["caption_meta"]["stages"]
+        assert stage["model"] == "recorded-scores" and stage["output"]["kept"]
+    with pytest.raises(ConfigError, match="use it with tagcap regenerate"):
+        run_caption(sample_config(sample_input, tmp_path / "x", filter="recorded"))
+    with pytest.raises(ConfigError, match="cannot follow --rewrite"):
+        run_caption(CaptionConfig(input=[], segments=[], labels="", output=str(tmp_path / "y"), from_corpus=scored,
+                                  filter="recorded", rewrite=TAG_REWRITER, progress=False))  # fmt: skip

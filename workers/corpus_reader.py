@@ -17,7 +17,15 @@ import time
 from typing import IO, Any
 
 from tagcap.schemas.records import ErrorReason, ErrorRecord
-from tagcap.schemas.work import CaptionedUnit, CaptionResult, PackedBytes, SampleMeta, UnitPayload, WorkUnit
+from tagcap.schemas.work import (
+    CaptionedUnit,
+    CaptionResult,
+    PackedBytes,
+    SampleMeta,
+    StageOutput,
+    UnitPayload,
+    WorkUnit,
+)
 from tagcap.workers.storage import Storage
 
 
@@ -28,12 +36,19 @@ def _caption_result(record: dict[str, Any]) -> CaptionResult:
     for stage in meta.get("stages") or []:
         if stage.get("stage") == "rewrite" and (stage.get("output") or {}).get("input"):
             candidates = [str(c) for c in stage["output"]["input"]]  # what the captioner itself said
+    # The scores a filter recorded, for a new rule over them (``--filter recorded``).
+    recorded = [
+        StageOutput("filter", dict(stage["output"]))
+        for stage in meta.get("stages") or []
+        if stage.get("stage") == "filter" and stage.get("output")
+    ]
     return CaptionResult(
         text=texts[0] if texts else None,
         logprob=meta.get("logprob"),
         candidates=tuple(candidates),
         answers=tuple(str(a) for a in meta.get("answers") or ()),
         error=None if texts else "no caption in the source sample",
+        stages=tuple(recorded[-1:]),
     )
 
 

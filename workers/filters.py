@@ -15,38 +15,17 @@ error row with reason ``filtered`` and the counts still reconcile.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from tagcap.schemas.work import CaptionResult, StageOutput
+from tagcap.workers.filter_rules import FilterRule
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.clap import load_clap, load_clap_sha
 from tagcap.workers.storage import Storage
-
-_BEST_RE = re.compile(r"^best>=(?P<t>-?\d+(?:\.\d+)?)$")
-
-
-@dataclass(frozen=True)
-class FilterRule:
-    kind: str  # "best" | "beats-tags"
-    threshold: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> FilterRule:
-        text = text.strip()
-        if text == "beats-tags":
-            return cls("beats-tags")
-        match = _BEST_RE.match(text)
-        if match:
-            return cls("best", float(match["t"]))
-        raise ValueError(f"unknown filter rule {text!r} (expected best>=T or beats-tags)")
-
-    def __str__(self) -> str:
-        return "beats-tags" if self.kind == "beats-tags" else f"best>={self.threshold:g}"
 
 
 def parse_filter_spec(spec: str) -> str:
@@ -106,13 +85,10 @@ class ClapFilter:
                 out.append(r)
                 continue
             candidate_scores, tag_score = s[:-1], s[-1]
-            best = int(np.argmax(candidate_scores))
-            bar = tag_score if self.rule.kind == "beats-tags" else float(self.rule.threshold or 0.0)
-            output = StageOutput(
-                "filter", {"scores": candidate_scores, "tag_score": tag_score, "kept": candidate_scores[best] >= bar}
-            )
+            best, kept = self.rule.pick(candidate_scores, tag_score)
+            output = StageOutput("filter", {"scores": candidate_scores, "tag_score": tag_score, "kept": kept})
             stages = (*r.stages, output)
-            if candidate_scores[best] >= bar:
+            if kept:
                 out.append(replace(r, text=cands[best], score=candidate_scores[best], stages=stages))
             else:
                 out.append(

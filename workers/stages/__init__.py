@@ -30,6 +30,10 @@ def stage_class(stage: str, spec: str) -> tuple[Any, str]:
         from tagcap.workers.stages.lm import LMRewriter
 
         return LMRewriter, target
+    if stage == "filter" and kind == "recorded" and not sep:
+        from tagcap.workers.stages.recorded_filter import RecordedScoresFilter
+
+        return RecordedScoresFilter, ""
     if stage == "filter" and kind == "clap":
         from tagcap.workers.stages.clap_filter import ClapFilterStage
 
@@ -42,7 +46,7 @@ def stage_class(stage: str, spec: str) -> tuple[Any, str]:
         if cls is None or not hasattr(cls, "describe"):
             raise ValueError(f"{stage} plugin {kind}:{target} not found or has no describe()")
         return cls, ""
-    expected = {"rewrite": "lm:PATH_OR_URL", "filter": "clap:PATH_OR_URL"}[stage]
+    expected = {"rewrite": "lm:PATH_OR_URL", "filter": "clap:PATH_OR_URL or recorded"}[stage]
     raise ValueError(f"unknown {stage} {spec!r} (expected {expected} or package.module:ClassName)")
 
 
