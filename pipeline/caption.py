@@ -32,6 +32,7 @@ from tagcap.schemas.stages import StageSettings
 from tagcap.schemas.work import DecodeSpec, StageInfo, WorkUnit
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
+from tagcap.workers.exclusion import Exclusions, parse_exclusion
 from tagcap.workers.stages import describe_stage, stage_class
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
@@ -66,6 +67,7 @@ class Prepared:
     metadata_digest: dict[str, str]
     filter_params: dict | None = None
     stages: tuple[StageInfo, ...] = ()  # the stages after the captioner, in chain order
+    exclusions: Exclusions | None = None
 
 
 def _captioner_config(config: CaptionConfig) -> dict:
@@ -106,6 +108,19 @@ def describe_stages(config: CaptionConfig) -> tuple[StageInfo, ...]:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--{stage} {spec}: {exc}") from None
     return tuple(infos)
+
+
+def _exclusions(config: CaptionConfig, storage: Storage) -> Exclusions:
+    """The run's exclusion lists, read and parsed on the driver; a ConfigError naming a list
+    that is missing or names no clip."""
+    lists = []
+    for url in config.exclude:
+        try:
+            check_url(url)
+            lists.append(parse_exclusion(_read(storage, url, "exclusion list"), url))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return Exclusions(lists, config.exclude_match)
 
 
 def _identity(config: CaptionConfig, stages: tuple[StageInfo, ...], **parts: Any) -> str:
@@ -228,6 +243,8 @@ def prepare_run(config: CaptionConfig) -> Prepared:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot list the input: {exc}") from None
 
+    exclusions = _exclusions(config, storage)
+    listed = {"exclusions": [lst.describe() for lst in exclusions.lists]} if exclusions else {}
     identity = _identity(
         config,
         stages,
@@ -235,6 +252,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         input=plan.fingerprint.digest_source(),
         metadata=digest,
         filter=filter_params,
+        **listed,
     )
     return Prepared(
         config,
@@ -248,6 +266,7 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         digest,
         filter_params,
         stages,
+        exclusions,
     )
 
 
@@ -278,6 +297,11 @@ def _manifest(prep: Prepared, started: str) -> RunManifest:
         },
         filter_params=prep.filter_params,
         stages=[asdict(s) for s in prep.stages],
+        exclusions=(
+            {"match": prep.exclusions.match, "lists": [lst.describe() for lst in prep.exclusions.lists]}
+            if prep.exclusions
+            else {}
+        ),
         input_fingerprint={**asdict(prep.plan.fingerprint), "metadata_sha256": prep.metadata_digest},
         config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
         identity=prep.identity,
@@ -441,6 +465,7 @@ def _run_leased(prep: Prepared) -> int:
                 provenance,
                 on_done=progress.shard_done,
                 on_failed=progress.shard_failed,
+                exclusions=prep.exclusions,
             )
             finished = time.time()
     finally:

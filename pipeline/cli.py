@@ -29,6 +29,12 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
     io.add_argument("--labels", help="class_labels_indices.csv or ontology.json URL")
     io.add_argument("--output", help="output root URL")
     io.add_argument("--audio", help="copy (default) | flac:RATE | none")
+    io.add_argument(
+        "--exclude",
+        action="append",
+        help="exclusion list (AudioCaps, MusicCaps, VGGSound, AudioSet, ESC-50, Clotho, ids)",
+    )
+    io.add_argument("--exclude-match", help="video (default: every segment of a listed video) | segment")
     io.add_argument("--files-per-shard", type=int, help="audio files per work unit for folder inputs (default 256)")
     io.add_argument("--overwrite", action="store_true", default=None, help="replace a different run in --output")
     io.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
@@ -261,7 +267,7 @@ def caption_config(
         for stage in ("rewrite", "filter")
         for key in ("actors", "gpus_per_actor")
     }
-    config = load_options(args, CaptionConfig, {"input", "segments"}, required)
+    config = load_options(args, CaptionConfig, {"input", "segments", "exclude"}, required)
     if assignments:
         config.tuning = config.tuning.updated(assignments)
     for (stage, key), value in stage_flags.items():

@@ -39,14 +39,22 @@ from tagcap.schemas.stages import StageSettings
 from tagcap.schemas.tuning import Tuning
 from tagcap.schemas.work import DecodeSpec, WorkUnit
 from tagcap.workers.corpus_reader import read_corpus_unit
+from tagcap.workers.exclusion import Exclusions
 from tagcap.workers.prepare import prepare_unit
 from tagcap.workers.storage import Storage
 from tagcap.workers.writer import ProvenanceInfo
 
 
 @ray.remote(num_returns=2)
-def _prepare(unit: WorkUnit, spec: DecodeSpec, segments: SegmentTable, labels: LabelMap, storage: Storage):
-    return prepare_unit(unit, spec, segments, labels, storage)
+def _prepare(
+    unit: WorkUnit,
+    spec: DecodeSpec,
+    segments: SegmentTable,
+    labels: LabelMap,
+    storage: Storage,
+    exclusions: Exclusions | None = None,
+):
+    return prepare_unit(unit, spec, segments, labels, storage, exclusions)
 
 
 @ray.remote(num_returns=2)
@@ -188,6 +196,7 @@ def run_units(
     provenance: ProvenanceInfo,
     on_done: Callable[[ShardStats], None] | None = None,
     on_failed: Callable[[str, str], None] | None = None,
+    exclusions: Exclusions | None = None,
 ) -> ExecutionResult:
     result = ExecutionResult()
     if not units:
@@ -200,6 +209,7 @@ def run_units(
     )
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
+    exclusions_ref = ray.put(exclusions) if exclusions else None
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
     read_corpus = _read_corpus.options(num_cpus=settings.decode_cpus, max_retries=0)
 
@@ -255,7 +265,7 @@ def run_units(
             batch_ref, payload_ref = refs  # num_returns=2
             last, calls = batch_ref, []
         else:
-            refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage)
+            refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
             batch_ref, payload_ref = refs  # num_returns=2
             captioner = captioners[chosen["caption"]]
             last = captioner.caption.remote(batch_ref)

@@ -44,7 +44,7 @@ EXECUTION_FIELDS = frozenset(
 
 
 # Identity fields left out of the identity while they are unset (see identity_fields).
-_UNSET_LEFT_OUT = frozenset({"rewrite", "rewrite_options", "from_corpus"})
+_UNSET_LEFT_OUT = frozenset({"rewrite", "rewrite_options", "from_corpus", "exclude"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ class CaptionConfig:
     # A tagcap output root to regenerate from (``tagcap regenerate``): its sample JSON is the
     # input, its audio is never read; only text stages run.
     from_corpus: str | None = None
+    # Exclusion lists (--exclude, repeatable): clips on them are error rows, not samples;
+    # matched by YouTube video (default) or exact segment (--exclude-match segment).
+    exclude: list[str] = field(default_factory=list)
+    exclude_match: str = "video"
     rewrite_options: dict[str, Any] = field(default_factory=dict)
     # Resources of the stages after the captioner (the YAML's ``stages:`` mapping, by stage
     # name: actors, gpus_per_actor, cpus_per_actor, batch_size, threads; see schemas/stages.py).
@@ -125,6 +129,8 @@ class CaptionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.tuning, Tuning):
             self.tuning = Tuning.from_mapping(self.tuning)
+        if self.exclude_match not in ("video", "segment"):
+            raise ValueError(f"--exclude-match must be video or segment, got {self.exclude_match!r}")
         unknown = sorted(set(self.stages) - {"rewrite", "filter"})
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {', '.join(unknown)} (known: rewrite, filter)")
@@ -182,5 +188,8 @@ class CaptionConfig:
         return {
             k: v
             for k, v in asdict(self).items()
-            if k not in EXECUTION_FIELDS and k != "output" and not (k in _UNSET_LEFT_OUT and not v)
+            if k not in EXECUTION_FIELDS
+            and k != "output"
+            and not (k in _UNSET_LEFT_OUT and not v)
+            and not (k == "exclude_match" and not self.exclude)
         }

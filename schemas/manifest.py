@@ -40,6 +40,8 @@ class RunManifest:
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard -> reason
     # The stages after the captioner: stage, model_id, sha256, params (chain order).
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # The exclusion lists (name, url, sha256, kind, entries) and how they matched.
+    exclusions: dict[str, Any] = field(default_factory=dict)
     samples_in: int = 0
     samples_written: int = 0
     samples_failed: int = 0

@@ -43,6 +43,7 @@ class ErrorReason(StrEnum):
     CAPTION_ERROR = "caption_error"  # the captioner raised on this sample
     FILTERED = "filtered"  # the caption filter rejected every candidate
     REWRITE_ERROR = "rewrite_error"  # the rewrite stage failed on this sample
+    EXCLUDED = "excluded"  # on an exclusion list (--exclude), named in the detail
 
 
 INDEX_SCHEMA = pa.schema(
@@ -82,7 +83,7 @@ class ErrorRecord:
 
     key: str
     source: str
-    stage: str  # read | decode | join | caption | rewrite | filter
+    stage: str  # read | decode | join | exclude | caption | rewrite | filter
     reason: ErrorReason
     detail: str
 

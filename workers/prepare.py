@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from tagcap.workers.audio import (
     resample,
     to_pcm16,
 )
+from tagcap.workers.exclusion import Exclusions
 from tagcap.workers.process_settings import lower_priority, retain_freed_memory
 from tagcap.workers.readers import Blob, RawSample, read_unit
 from tagcap.workers.storage import Storage
@@ -107,8 +108,21 @@ def _transport_pcm(clips: list[tuple[int, np.ndarray]], spec: DecodeSpec) -> tup
     return rate, out
 
 
+def _json_meta(item: _Pending) -> dict[str, Any]:
+    blob = item.raw.members.get("json")
+    try:
+        meta = json.loads(bytes(blob)) if blob is not None else {}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _join(
-    item: _Pending, found: dict[str, list[Segment]], labels: LabelMap, seen_keys: set[str]
+    item: _Pending,
+    found: dict[str, list[Segment]],
+    labels: LabelMap,
+    seen_keys: set[str],
+    exclusions: Exclusions | None = None,
 ) -> tuple[_Pending, SampleMeta] | ErrorRecord:
     """The clip's segment row and tags, or the one error record that says why it has none."""
     source = item.raw.source
@@ -119,6 +133,12 @@ def _join(
         detail = f"no segment row for {where}" + (f" ({n} segments, none matches)" if n else "")
         return _error(source, source, "join", ErrorReason.NO_SEGMENT, detail)
     key = make_key(segment.ytid, segment.start_ms)
+    if exclusions:
+        listed = exclusions.why(
+            segment.ytid, segment.start_ms, source, _json_meta(item) if exclusions.by_file else None
+        )
+        if listed is not None:
+            return _error(key, source, "exclude", ErrorReason.EXCLUDED, f"on {listed}")
     if key in seen_keys:
         return _error(key, source, "join", ErrorReason.DUPLICATE_KEY, f"{key} already in this shard")
     seen_keys.add(key)
@@ -176,6 +196,7 @@ def prepare_unit(
     segments: SegmentTable,
     labels: LabelMap,
     storage: Storage,
+    exclusions: Exclusions | None = None,
 ) -> tuple[ModelBatch, UnitPayload]:
     lower_priority(spec.niceness)
     retain_freed_memory(spec.retain_freed_memory)
@@ -207,7 +228,7 @@ def prepare_unit(
     joined: list[tuple[_Pending, SampleMeta] | ErrorRecord] = []
     seen_keys: set[str] = set()
     for item in pending:
-        joined.append(_join(item, found, labels, seen_keys))
+        joined.append(_join(item, found, labels, seen_keys, exclusions))
     to_decode = [entry for entry in joined if not isinstance(entry, ErrorRecord)]
     decoded = _map_threads(lambda entry: _decode(entry[0].audio, entry[0].ext, spec), to_decode, spec.threads)
     metas: list[SampleMeta] = []
