@@ -22,6 +22,7 @@ from tagcap.pipeline.outputs import committed_shards, read_manifest, read_stats,
 from tagcap.pipeline.plan import Plan, PlanError, plan_units
 from tagcap.pipeline.progress import RunProgress
 from tagcap.pipeline.ray_runtime import ray_session
+from tagcap.pipeline.verify import committed_and_whole
 from tagcap.schemas import SCHEMA_VERSION
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.config import CaptionConfig
@@ -411,7 +412,9 @@ def _run_leased(prep: Prepared) -> int:
             )
         _clear_output(prep)
         previous = None
-    done = committed_shards(layout, storage)
+    done, damaged = committed_and_whole(layout, storage)
+    for shard, why in sorted(damaged.items()):
+        print(f"warning: shard {shard} was committed, but {why}: redoing it", file=sys.stderr)
     todo = [u for u in prep.plan.units if u.shard not in done]
     started = previous.started if previous is not None else _now()
     manifest = _manifest(prep, started)

@@ -189,6 +189,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every committed shard against its stats (size, sha256, members, index)")
+    p.add_argument("output", help="output root URL of a tagcap run")
+
+
 def _inspect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="summarize an output root and write report.html with plots")
     p.add_argument("output", help="output root URL of a tagcap caption run")
@@ -207,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pretrain_parser(sub)
     _eval_parser(sub)
     _inspect_parser(sub)
+    _verify_parser(sub)
     return parser
 
 
@@ -364,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "prepare-captions":
         return _prepare_captions(args)
     if args.command in ("caption", "regenerate"):
@@ -385,6 +393,33 @@ def _pretrain_options() -> type:
     from tagcap.workers.pretrain import PretrainConfig
 
     return PretrainConfig
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every committed shard is whole, 1 naming each damaged one, 2 for no output."""
+    from tagcap.pipeline.outputs import read_manifest
+    from tagcap.pipeline.verify import verify_output
+    from tagcap.schemas.layout import OutputLayout
+    from tagcap.workers.storage import Storage
+
+    storage = Storage()
+    try:
+        if read_manifest(OutputLayout(args.output), storage) is None:
+            print(f"tagcap verify: error: {args.output}: no manifest.json (not a tagcap output root)", file=sys.stderr)
+            return 2
+        report = verify_output(args.output, storage)
+    except (OSError, ValueError) as exc:
+        print(f"tagcap verify: error: {exc}", file=sys.stderr)
+        return 2
+    for shard, why in report.damaged.items():
+        print(f"{shard}: {'; '.join(why)}")
+    for problem in report.problems:
+        print(problem)
+    if report.ok:
+        print(f"{report.shards} shards, all whole")
+        return 0
+    print(f"{report.shards} shards, {len(report.damaged)} damaged")
+    return 1
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -152,6 +152,10 @@ class ShardStats:
     seconds: float = 0.0
     clips_per_second: float = 0.0
     tar_bytes: int = 0
+    # The tar's sha256 and member count as written (empty in stats written before tagcap
+    # recorded them): what ``tagcap verify`` checks the tar against.
+    tar_sha256: str = ""
+    tar_members: int = 0
     finished_at: float = 0.0  # unix seconds when the shard was committed (throughput over time)
     # Empty in stats written before tagcap recorded them.
     stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -12,6 +12,7 @@ names), so the same inputs and captions give byte-identical tars.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tarfile
@@ -82,14 +83,21 @@ class _TarStream:
         self.offset = 0
         self.writeback = writeback if hasattr(os, "posix_fadvise") else 0
         self.handed = 0  # bytes already handed to the disk
+        self.digest = hashlib.sha256()  # of every byte written, for the stats
+        self.members = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.fh.write(data)
+        self.digest.update(data)
 
     def add(self, name: str, data: bytes | memoryview) -> None:
         size = len(data)
         header = _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
         pad = -size % tarfile.BLOCKSIZE
-        self.fh.write(header)
-        self.fh.write(data)
-        self.fh.write(b"\0" * pad)
+        self._write(header)
+        self._write(data)
+        self._write(b"\0" * pad)
+        self.members += 1
         self.offset += len(header) + size + pad
         if self.writeback and self.offset - self.handed >= self.writeback:
             self.fh.flush()
@@ -99,7 +107,7 @@ class _TarStream:
 
     def close(self) -> None:
         end = self.offset + 2 * tarfile.BLOCKSIZE
-        self.fh.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+        self._write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
@@ -253,6 +261,8 @@ def write_shard(
         seconds=round(seconds, 3),
         clips_per_second=round(payload.samples_in / seconds, 2) if seconds > 0 else 0.0,
         tar_bytes=tar_bytes,
+        tar_sha256=tar.digest.hexdigest(),
+        tar_members=tar.members,
         finished_at=round(finished, 3),
         stage_seconds={stage: round(t, 4) for stage, t in stages.items()},
     )
