@@ -57,14 +57,28 @@ def damaged_by_size(layout: OutputLayout, storage: Storage, stats: dict[str, Sha
     return out
 
 
+class _Hashing:
+    """A file read front to back, hashing what passes through."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        return data
+
+
 def _tar_digest_and_members(storage: Storage, url: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
+    """The tar's sha256 and file member count, in one sequential read."""
     with storage.open_read(url) as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    with storage.open_read(url) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-        members = sum(1 for m in tar if m.isfile())
-    return digest.hexdigest(), members
+        hashing = _Hashing(fh)
+        with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+            members = sum(1 for m in tar if m.isfile())
+        while hashing.read(_CHUNK):  # the end blocks tarfile stops short of
+            pass
+    return hashing.digest.hexdigest(), members
 
 
 def verify_output(url: str, storage: Storage) -> VerifyReport:
