@@ -33,7 +33,7 @@ from tagcap.schemas.stages import StageSettings
 from tagcap.schemas.work import DecodeSpec, StageInfo, WorkUnit
 from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
-from tagcap.workers.exclusion import Exclusions, parse_exclusion
+from tagcap.workers.exclusion import Exclusions, load_exclusions
 from tagcap.workers.stages import describe_stage, stage_class
 from tagcap.workers.storage import Storage, check_url
 from tagcap.workers.writer import ProvenanceInfo
@@ -114,14 +114,10 @@ def describe_stages(config: CaptionConfig) -> tuple[StageInfo, ...]:
 def _exclusions(config: CaptionConfig, storage: Storage) -> Exclusions:
     """The run's exclusion lists, read and parsed on the driver; a ConfigError naming a list
     that is missing or names no clip."""
-    lists = []
-    for url in config.exclude:
-        try:
-            check_url(url)
-            lists.append(parse_exclusion(_read(storage, url, "exclusion list"), url))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    return Exclusions(lists, config.exclude_match)
+    try:
+        return load_exclusions(config.exclude, storage, config.exclude_match)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _identity(config: CaptionConfig, stages: tuple[StageInfo, ...], **parts: Any) -> str:

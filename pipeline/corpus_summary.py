@@ -11,6 +11,7 @@ a shard still in flight has no stats file yet, and its parquet files (if any) ar
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -94,6 +95,8 @@ class CorpusSummary:
     scores: dict[str, ScoreSummary]  # "logprob", "clap_score"
     throughput: list[ThroughputPoint]
     clips_per_second: float | None  # overall, from the first to the last commit
+    dedupe: dict[str, Any] | None = None  # OUT/dedupe/summary.json, where tagcap dedupe ran
+    caption_quality: dict[str, Any] | None = None  # OUT/eval/captions.json, where tagcap eval captions ran
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -219,4 +222,13 @@ def summarize(
         },
         throughput=throughput,
         clips_per_second=rate,
+        dedupe=_optional_json(storage, layout.dedupe_summary),
+        caption_quality=_optional_json(storage, layout.caption_eval),
     )
+
+
+def _optional_json(storage: Storage, url: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        return None

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tagcap.workers.exclusion import load_exclusions
 from tagcap.workers.pretrain import PretrainConfig, parse_corpus, pretrain
+from tagcap.workers.storage import Storage
 
 
 def pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
@@ -17,6 +19,7 @@ def pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
         raise ValueError("give one --captions per --train (empty string for none), in the same order")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
         raise ValueError("--steps, --batch-size and --checkpoint-every must be >= 1")
+    load_exclusions(cfg.exclude_keys, Storage(cfg.storage_options), "segment")  # fail fast on a bad list
     return cfg
 
 

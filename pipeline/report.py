@@ -157,7 +157,34 @@ def _facts(s: CorpusSummary) -> list[tuple[str, object]]:
         ("distinct tags", s.tags_seen),
         ("tag coverage of the label map", coverage),
         ("clips/s (first to last commit)", s.clips_per_second),
+        *_dedupe_facts(s.dedupe),
+        *_caption_quality_facts(s.caption_quality),
     ]
+
+
+def _dedupe_facts(d: dict | None) -> list[tuple[str, object]]:
+    if not d:
+        return [("duplicates", "not searched (tagcap dedupe)")]
+    return [
+        ("exact duplicates (groups / clips dropped)", f"{d['exact_groups']:,} / {d['exact_dropped']:,}"),
+        ("near duplicates (groups / clips dropped)", f"{d['near_groups']:,} / {d['near_dropped']:,}"),
+        ("duplicates of this corpus on the key list", f"{d['dropped_here']:,} ({d['keys_url']})"),
+    ]
+
+
+def _caption_quality_facts(q: dict | None) -> list[tuple[str, object]]:
+    if not q:
+        return [("caption quality", "not scored (tagcap eval captions)")]
+    facts: list[tuple[str, object]] = [("samples with human references", f"{q['matched']:,} of {q['samples']:,}")]
+    for r in q["results"]:
+        meteor = f", METEOR {r['meteor']:.3f}" if r.get("meteor") is not None else ""
+        facts.append(
+            (
+                f"{r['captioner']} ({r['stage']})",
+                f"BLEU-4 {r['bleu_4']:.3f}, ROUGE-L {r['rouge_l']:.3f}, CIDEr-D {r['cider_d']:.3f}{meteor}",
+            )
+        )
+    return facts
 
 
 def _html(s: CorpusSummary, sections: list[tuple[str, str, str | None, str]]) -> str:

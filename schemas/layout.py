@@ -56,6 +56,16 @@ class OutputLayout:
     def tmp_dir(self) -> str:
         return join_url(self.root, ".tmp")
 
+    @property
+    def dedupe_summary(self) -> str:
+        """What ``tagcap dedupe`` found, seen from this corpus."""
+        return join_url(self.root, "dedupe", "summary.json")
+
+    @property
+    def caption_eval(self) -> str:
+        """``tagcap eval captions``' scores of this corpus against human references."""
+        return join_url(self.root, "eval", "captions.json")
+
     def tar(self, shard: str) -> str:
         return join_url(self.root, f"{shard}.tar")
 

@@ -59,6 +59,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("mids", pa.list_(pa.string()), nullable=False),
         pa.field("logprob", pa.float64()),
         pa.field("clap_score", pa.float64()),
+        # xxh3-128 of the clip's decoded PCM: equal for clips that decode to the same samples.
+        pa.field("pcm_digest", pa.string()),
     ],
     metadata={"tagcap_schema": str(SCHEMA_VERSION)},
 )

@@ -61,6 +61,7 @@ class SampleMeta:
     mids: tuple[str, ...]
     tags: tuple[str, ...]
     audio_ext: str  # extension of the stored audio member, "" for --audio none
+    pcm_digest: str | None = None  # xxh3-128 of the decoded PCM (workers.fingerprint.pcm_digest)
 
 
 @dataclass

@@ -63,6 +63,7 @@ def _sample_meta(key: str, url: str, record: dict[str, Any]) -> SampleMeta:
         mids=tuple(str(m) for m in data.get("mids") or ()),
         tags=tuple(str(t) for t in record.get("tag") or ()),
         audio_ext="",
+        pcm_digest=str(data["pcm_digest"]) if data.get("pcm_digest") else None,
     )
 
 
@@ -88,6 +89,21 @@ def json_members(fh: IO[bytes]) -> list[tuple[str, bytes]]:
     return out
 
 
+def sample_records(storage: Storage, url: str) -> tuple[int, list[tuple[str, dict[str, Any] | ValueError]]]:
+    """(json members, [(key, its parsed record or why it does not parse)]) of one shard."""
+    with _open_headers(storage, url) as fh:
+        members = json_members(fh)
+    out: list[tuple[str, dict[str, Any] | ValueError]] = []
+    for name, raw in members:
+        key = name[: -len(".json")]
+        try:
+            record = json.loads(raw)
+            out.append((key, record if isinstance(record, dict) else ValueError("not a JSON object")))
+        except ValueError as exc:
+            out.append((key, exc))
+    return len(members), out
+
+
 def read_corpus_unit(unit: WorkUnit, storage: Storage) -> tuple[CaptionedUnit, UnitPayload]:
     """One source shard as (the caption stage's result, the caption-only payload to write)."""
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -95,14 +111,10 @@ def read_corpus_unit(unit: WorkUnit, storage: Storage) -> tuple[CaptionedUnit, U
     samples: list[SampleMeta] = []
     results: list[CaptionResult] = []
     errors: list[ErrorRecord] = []
-    with _open_headers(storage, url) as fh:
-        members = json_members(fh)
-    for name, raw in members:
-        key = name[: -len(".json")]
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            errors.append(ErrorRecord(key, f"{url}:{name}", "read", ErrorReason.BAD_JSON, str(exc)))
+    members, records = sample_records(storage, url)
+    for key, record in records:
+        if isinstance(record, ValueError):
+            errors.append(ErrorRecord(key, f"{url}:{key}.json", "read", ErrorReason.BAD_JSON, str(record)))
             continue
         samples.append(_sample_meta(key, url, record))
         results.append(_caption_result(record))
@@ -113,7 +125,7 @@ def read_corpus_unit(unit: WorkUnit, storage: Storage) -> tuple[CaptionedUnit, U
         samples=samples,
         audio=PackedBytes.pack([b""] * len(samples)),
         errors=errors,
-        samples_in=len(members),
+        samples_in=members,
         # The stages of a decode task, as every shard's stats have them: nothing decodes here.
         stage_seconds={
             "read": time.perf_counter() - started,

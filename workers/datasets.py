@@ -21,6 +21,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tagcap.workers.audio import AUDIO_EXTENSIONS, read_mono, resample
+from tagcap.workers.exclusion import Exclusions
 from tagcap.workers.storage import Storage
 
 
@@ -102,6 +103,17 @@ def tar_samples(storage: Storage, handler=wds.reraise_exception):
     def stage(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         files = tar_file_expander(open_with_fsspec(storage)(src), handler=handler)
         return group_by_keys(files, handler=handler)
+
+    return stage
+
+
+def drop_excluded(exclusions: Exclusions):
+    """Samples whose key no exclusion list names (``tagcap pretrain --exclude-keys``)."""
+
+    def stage(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in src:
+            if not exclusions.excludes_key(sample["__key__"]):
+                yield sample
 
     return stage
 

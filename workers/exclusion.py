@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tagcap.schemas.keys import parse_key
+from tagcap.workers.storage import Storage, check_url
 
 MATCH_MODES = ("video", "segment")
 _YTID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -173,3 +174,28 @@ class Exclusions:
             if (freesound_id and freesound_id in freesound) or (stem and stem in files):
                 return name
         return None
+
+    def excludes_key(self, key: str) -> bool:
+        """Whether a sample key (``Y<ytid>_<ms>``) is excluded; a key of another shape is
+        excluded only where a list names it as it is."""
+        try:
+            clip = parse_key(key)
+        except ValueError:
+            return False
+        return self.why(clip.ytid, clip.start_ms or 0) is not None
+
+
+def load_exclusions(urls: list[str], storage: Storage, match: str = "video") -> Exclusions:
+    """Read and parse every list; a ValueError naming a list that is missing or names no
+    clip (the file is read whole: lists are small)."""
+    lists = []
+    for url in urls:
+        check_url(url)
+        try:
+            data = storage.read_bytes(url)
+        except FileNotFoundError:
+            raise ValueError(f"exclusion list not found: {url}") from None
+        except OSError as exc:
+            raise ValueError(f"exclusion list cannot be read: {url}: {exc}") from None
+        lists.append(parse_exclusion(data, url))
+    return Exclusions(lists, match)

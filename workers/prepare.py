@@ -32,6 +32,7 @@ from tagcap.workers.audio import (
     to_pcm16,
 )
 from tagcap.workers.exclusion import Exclusions
+from tagcap.workers.fingerprint import pcm_digest
 from tagcap.workers.process_settings import lower_priority, retain_freed_memory
 from tagcap.workers.readers import Blob, RawSample, read_unit
 from tagcap.workers.storage import Storage
@@ -160,20 +161,30 @@ def _join(
     return item, meta
 
 
-def _decode(audio: Blob, ext: str, spec: DecodeSpec) -> tuple[tuple[int, np.ndarray], Blob, str] | AudioError:
-    """One clip: its transport PCM and the audio to store (with its extension)."""
+@dataclass(frozen=True)
+class _Decoded:
+    pcm: tuple[int, np.ndarray]  # (rate, transport PCM)
+    audio: Blob  # what the shard stores
+    ext: str
+    digest: str  # of the PCM as decoded, before any fitting
+
+
+def _decode(audio: Blob, ext: str, spec: DecodeSpec) -> _Decoded | AudioError:
+    """One clip: its transport PCM, its digest and the audio to store (with its extension)."""
     try:
         clip = decode_clip(audio, spec, pcm16=True)
     except AudioError as exc:
         return exc
     pcm = _clip_pcm(clip, spec)
+    digest = pcm_digest(clip.samples, clip.sample_rate)
     mode = spec.audio_mode
     if mode.startswith("flac:"):
         flac_rate = int(mode.split(":", 1)[1])
-        return pcm, encode_flac(resample(clip.as_float(), clip.sample_rate, flac_rate), flac_rate), "flac"
+        flac = encode_flac(resample(clip.as_float(), clip.sample_rate, flac_rate), flac_rate)
+        return _Decoded(pcm, flac, "flac", digest)
     if mode == "none":
-        return pcm, b"", ""
-    return pcm, audio, ext
+        return _Decoded(pcm, b"", "", digest)
+    return _Decoded(pcm, audio, ext, digest)
 
 
 T = TypeVar("T")
@@ -244,10 +255,10 @@ def prepare_unit(
         if isinstance(outcome, AudioError):
             _fail(errors, meta.key, item.raw.source, "decode", outcome.reason, outcome.detail)
             continue
-        pcm, audio, ext = outcome
-        clips.append(pcm)
-        stored.append(audio)
-        metas.append(replace(meta, audio_ext=ext))  # per sample: copy mode keeps each clip's own encoding
+        clips.append(outcome.pcm)
+        stored.append(outcome.audio)
+        # per sample: copy mode keeps each clip's own encoding
+        metas.append(replace(meta, audio_ext=outcome.ext, pcm_digest=outcome.digest))
 
     rate, wave_array = _transport_pcm(clips, spec)
     batch = ModelBatch(

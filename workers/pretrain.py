@@ -39,7 +39,16 @@ from tqdm import tqdm
 
 from tagcap.schemas.layout import join_url
 from tagcap.workers.audio import fit_length, resample, to_pcm16
-from tagcap.workers.datasets import crop, decode_native, expand_urls, sample_captions, sample_json, tar_samples
+from tagcap.workers.datasets import (
+    crop,
+    decode_native,
+    drop_excluded,
+    expand_urls,
+    sample_captions,
+    sample_json,
+    tar_samples,
+)
+from tagcap.workers.exclusion import load_exclusions
 from tagcap.workers.model_input import model_waveforms
 from tagcap.workers.models.clap import (
     ClapConfig,
@@ -79,6 +88,9 @@ class PretrainConfig:
     device: str = "auto"
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # Lists of clips never to train on (``tagcap dedupe``'s key list, or any list that
+    # ``tagcap caption --exclude`` reads); a key matches its segment, a bare id its video.
+    exclude_keys: list[str] = field(default_factory=list)
 
 
 def parse_corpus(spec: str) -> tuple[str, float]:
@@ -136,6 +148,7 @@ class PairStream(torch.utils.data.IterableDataset):
         worker, _ = _worker_info()
         storage = Storage(self.cfg.storage_options)
         streams, weights = [], []
+        excluded = load_exclusions(self.cfg.exclude_keys, storage, "segment")
         for i, spec in enumerate(self.cfg.train):
             url, weight = parse_corpus(spec)
             seed = stable_seed(self.cfg.seed, self.rank, worker, self.chunk, i)
@@ -143,6 +156,8 @@ class PairStream(torch.utils.data.IterableDataset):
                 wds.ResampledShards(expand_urls(url), seed=seed, deterministic=True, worker_seed=lambda: 0),
                 tar_samples(storage, wds.warn_and_continue),
             ]
+            if excluded:
+                stages.append(drop_excluded(excluded))
             side = self.cfg.captions[i] if i < len(self.cfg.captions) else ""
             if side:
                 stages.append(join_sidecar(storage, side))

@@ -197,6 +197,7 @@ def write_shard(
                         "start_seconds": meta.start_ms / 1000.0,
                         "end_seconds": meta.end_ms / 1000.0,
                         "mids": list(meta.mids),
+                        **({"pcm_digest": meta.pcm_digest} if meta.pcm_digest else {}),
                     },
                     caption_meta=CaptionMeta(
                         captioner=provenance.captioner_id,
@@ -226,6 +227,7 @@ def write_shard(
                         "mids": list(meta.mids),
                         "logprob": result.logprob,
                         "clap_score": result.score,
+                        "pcm_digest": meta.pcm_digest,
                     }
                 )
             tar.close()

@@ -1,0 +1,130 @@
+"""Audio identity: an exact digest of decoded PCM, and a fingerprint for near duplicates.
+
+* :func:`pcm_digest` - the exact identity of a clip's decoded audio: xxh3-128 over its rate
+  and its mono samples as decoded (int16 where the encoding holds int16 exactly). Two files
+  that decode to the same samples at the same rate (a FLAC and a WAV of one recording, say)
+  have the same digest; it costs about 0.03 ms for a 10 s clip at 48 kHz, so it is taken at
+  caption time for every clip and recorded in the index.
+* :func:`fingerprint` - a :class:`Fingerprint` that survives re-encoding, a change of gain
+  and a shift of up to a second: the sub-band energy-difference bits of Haitsma and Kalker
+  ("A Highly Robust Audio Fingerprinting System", ISMIR 2002) on 8 kHz audio (32 bits a
+  frame, a 256 ms frame every 16 ms, 33 bands log-spaced over 300-3000 Hz), plus a
+  gain-invariant spectral profile (each band's mean and spread of log energy over time) that
+  proposes candidate pairs cheaply.
+* :func:`bit_error_rate` - the lowest fraction of differing bits between two fingerprints over
+  every alignment within a second, counting only frames where both clips are audible. The
+  same recording scores well under 0.2 after lossy re-encoding; unrelated audio scores near
+  0.5. ``docs/design/deduplication.md`` tells how the thresholds were chosen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+FP_RATE = 8000
+FRAME = 2048  # 256 ms at 8 kHz
+HOP = 128  # 16 ms
+BAND_EDGES_HZ = np.geomspace(300.0, 3000.0, 34)  # 33 bands -> 32 bits a frame
+MAX_SHIFT_S = 1.0
+# A frame counts as audible when its band energy is above this, on audio in [-1, 1]: about
+# -80 dB below a full-scale tone, so digital silence and dither carry no bits that match.
+_AUDIBLE = 1e-5
+PROFILE_DIM = 66
+
+
+def pcm_digest(samples: np.ndarray, rate: int) -> str:
+    """``xxh3-128`` hex digest of (rate, dtype, samples) of a decoded mono clip."""
+    h = xxhash.xxh3_128()
+    h.update(f"{int(rate)}:{samples.dtype.str}:".encode())
+    h.update(memoryview(np.ascontiguousarray(samples)).cast("B"))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One clip's fingerprint: ``bits`` (frames,) uint32, ``audible`` (frames,) bool and a
+    unit-length ``profile`` (PROFILE_DIM,) float32 (zeros for a clip with no audible frame)."""
+
+    bits: np.ndarray
+    audible: np.ndarray
+    profile: np.ndarray
+
+    @property
+    def audible_frames(self) -> int:
+        return int(self.audible.sum())
+
+
+def _band_matrix(n_fft: int, rate: int) -> np.ndarray:
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    bands = np.zeros((len(BAND_EDGES_HZ) - 1, len(freqs)), np.float32)
+    for b, (lo, hi) in enumerate(itertools.pairwise(BAND_EDGES_HZ)):
+        bands[b, (freqs >= lo) & (freqs < hi)] = 1.0
+    return bands
+
+
+_BANDS = _band_matrix(FRAME, FP_RATE)
+
+
+def fingerprint(samples: np.ndarray, rate: int) -> Fingerprint:
+    """The fingerprint of a mono clip (int16 PCM or float in [-1, 1]) at ``rate`` Hz."""
+    import torch
+    import torchaudio.functional as taf
+
+    wave = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples.astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(wave))
+    if rate != FP_RATE:
+        x = taf.resample(x, rate, FP_RATE)
+    if x.shape[0] < FRAME:
+        x = torch.nn.functional.pad(x, (0, FRAME - x.shape[0]))
+    window = torch.hann_window(FRAME)
+    spec = torch.stft(x, FRAME, HOP, window=window, center=False, return_complex=True).abs().square()
+    energy = (torch.from_numpy(_BANDS) @ spec).T.numpy()  # (frames, 33)
+    diff = energy[:, :-1] - energy[:, 1:]
+    bits_bool = (diff[1:] - diff[:-1]) > 0  # (frames - 1, 32)
+    weights = (1 << np.arange(32, dtype=np.uint64)).astype(np.uint64)
+    bits = (bits_bool.astype(np.uint64) @ weights).astype(np.uint32)
+    loud = energy.sum(axis=1) > _AUDIBLE
+    audible = loud[1:] & loud[:-1]
+    return Fingerprint(bits, audible, _profile(energy, loud))
+
+
+def _profile(energy: np.ndarray, loud: np.ndarray) -> np.ndarray:
+    """Each band's mean and standard deviation of log energy over the audible frames, less
+    the mean over bands (a gain is a constant in log energy), scaled to unit length."""
+    if not loud.any():
+        return np.zeros(PROFILE_DIM, np.float32)
+    log_e = np.log(energy[loud] + 1e-10)
+    mean = log_e.mean(axis=0)
+    vec = np.concatenate([mean - mean.mean(), log_e.std(axis=0)]).astype(np.float32)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 else np.zeros(PROFILE_DIM, np.float32)
+
+
+def max_shift_frames() -> int:
+    return math.ceil(MAX_SHIFT_S * FP_RATE / HOP)
+
+
+def bit_error_rate(a: Fingerprint, b: Fingerprint, min_overlap: int) -> float:
+    """The lowest bit error rate over the alignments of ``b`` against ``a`` within
+    :data:`MAX_SHIFT_S`, over frames audible in both; 1.0 where no alignment has
+    ``min_overlap`` such frames."""
+    shift = max_shift_frames()
+    n = len(a.bits)
+    pad_bits = np.zeros(n + 2 * shift, np.uint32)
+    pad_ok = np.zeros(n + 2 * shift, bool)
+    m = min(len(b.bits), n + shift)
+    pad_bits[shift : shift + m] = b.bits[:m]
+    pad_ok[shift : shift + m] = b.audible[:m]
+    windows = np.lib.stride_tricks.sliding_window_view(pad_bits, n)  # (2 * shift + 1, n)
+    ok = np.lib.stride_tricks.sliding_window_view(pad_ok, n) & a.audible
+    errors = (np.bitwise_count(windows ^ a.bits) * ok).sum(axis=1)
+    overlap = ok.sum(axis=1)
+    valid = overlap >= max(min_overlap, 1)
+    if not valid.any():
+        return 1.0
+    return float((errors[valid] / (32.0 * overlap[valid])).min())
