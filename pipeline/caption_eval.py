@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from tagcap.pipeline.outputs import committed_shards, read_manifest
 from tagcap.schemas.layout import OutputLayout
-from tagcap.workers.caption_metrics import score_captions
+from tagcap.workers.caption_metrics import score_caption_sets
 from tagcap.workers.corpus_reader import sample_records
 from tagcap.workers.storage import Storage, check_url
 
@@ -149,10 +149,12 @@ def eval_captions(
             captioner = str((record.get("caption_meta") or {}).get("captioner", "?"))
             for stage, text in _stage_texts(record).items():
                 candidates[(captioner, stage)][key] = text
+    named = {f"{captioner}\0{stage}": texts for (captioner, stage), texts in candidates.items()}
+    scored = score_caption_sets(named, references, use_java=use_java) if named else {}
     results = []
     notes: dict[str, str] = {}
-    for (captioner, stage), texts in sorted(candidates.items()):
-        scores = score_captions(texts, {k: references[k] for k in texts}, use_java=use_java)
+    for name, scores in sorted(scored.items()):
+        captioner, stage = name.split("\0")
         notes.update(scores.notes)
         results.append({"captioner": captioner, "stage": stage, **scores.to_json()})
     out = {

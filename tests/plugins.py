@@ -123,3 +123,42 @@ class TagRewriter:
                 output = StageOutput("rewrite", {"input": [result.text], "rewrites": [text]})
                 results.append(replace(result, text=text, candidates=(text,), stages=(*result.stages, output)))
         return replace(unit, results=results)
+
+
+class LookupCaptioner(_Plugin):
+    """Captions each clip with ``captions[key]`` from its options (``"unknown"`` where the
+    key has none): a corpus whose captions a test chooses."""
+
+    @classmethod
+    def describe(cls, target: str, config: dict[str, Any]) -> CaptionerInfo:
+        base = TemplateCaptioner.describe("", {})
+        return CaptionerInfo("test-lookup", None, base.sample_rate, base.clip_seconds, {})
+
+    def __call__(self, batch: ModelBatch) -> list[CaptionResult]:
+        texts = [self.config["captions"].get(key, "unknown") for key in batch.keys]
+        return [CaptionResult(text=t, candidates=(t,)) for t in texts]
+
+
+class LookupRewriter:
+    """A rewrite stage plugin that replaces each caption by ``rewrites[caption]``."""
+
+    needs_audio = False
+
+    @classmethod
+    def describe(cls, target: str, config: dict[str, Any]) -> StageInfo:
+        return StageInfo("rewrite", "test-lookup-rewriter", None, {})
+
+    def __init__(self, target: str, config: dict[str, Any]):
+        self.info = self.describe(target, config)
+        self.rewrites = config["rewrites"]
+
+    def __call__(self, unit: CaptionedUnit, batch: ModelBatch | None = None) -> CaptionedUnit:
+        results = []
+        for result in unit.results:
+            if result.text is None:
+                results.append(result)
+                continue
+            text = self.rewrites.get(result.text, result.text)
+            output = StageOutput("rewrite", {"input": [result.text], "rewrites": [text]})
+            results.append(replace(result, text=text, candidates=(text,), stages=(*result.stages, output)))
+        return replace(unit, results=results)

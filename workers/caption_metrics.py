@@ -116,40 +116,50 @@ def score_captions(
 ) -> CaptionScores:
     """Score ``candidates`` (clip id -> caption) against ``references`` (clip id -> human
     captions); both over the same ids."""
-    if set(candidates) != set(references):
-        raise ValueError("candidates and references must cover the same clips")
-    if not candidates:
-        raise ValueError("no clip to score")
+    return score_caption_sets({"": candidates}, references, use_java)[""]
+
+
+def score_caption_sets(
+    sets: dict[str, dict[str, str]], references: dict[str, list[str]], use_java: bool = True
+) -> dict[str, CaptionScores]:
+    """Score several sets of candidates (name -> clip id -> caption), each against the
+    ``references`` of its clips, with one tokenizer run and one METEOR process for all."""
+    for name, candidates in sets.items():
+        if not candidates:
+            raise ValueError(f"no clip to score in {name or 'the candidates'}")
+        if not set(candidates) <= set(references):
+            raise ValueError(f"{name or 'the candidates'}: clips without references")
     _package_dir()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    ids = sorted(candidates)
-    flat = [candidates[i] for i in ids] + [r for i in ids for r in references[i]]
+    ref_ids = sorted({i for c in sets.values() for i in c})
+    names = sorted(sets)
+    flat = [sets[n][i] for n in names for i in sorted(sets[n])] + [r for i in ref_ids for r in references[i]]
     java_path = java() if use_java else None
-    tokens = _ptb_tokenize(flat, java_path) if java_path else _regex_tokenize(flat)
-    res = {i: [tokens[n]] for n, i in enumerate(ids)}
-    gts: dict[str, list[str]] = {}
-    at = len(ids)
-    for i in ids:
-        gts[i] = tokens[at : at + len(references[i])]
-        at += len(references[i])
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
-    meteor = None
+    tokens = iter(_ptb_tokenize(flat, java_path) if java_path else _regex_tokenize(flat))
+    res_by_set = {n: {i: [next(tokens)] for i in sorted(sets[n])} for n in names}
+    gts_all = {i: [next(tokens) for _ in references[i]] for i in ref_ids}
+    meteor_scorer = None
     notes = dict(UNAVAILABLE)
     if java_path:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        scorer = Meteor()
-        try:
-            meteor, _ = scorer.compute_score(gts, res)
-        finally:
-            del scorer
+        meteor_scorer = Meteor()
     else:
         notes["meteor"] = "needs Java (not found)"
-    return CaptionScores(
-        len(ids), float(bleu[3]), float(rouge), float(cider), meteor, "ptb" if java_path else "regex", notes
-    )
+    out = {}
+    try:
+        for n in names:
+            res = res_by_set[n]
+            gts = {i: gts_all[i] for i in res}
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            rouge, _ = Rouge().compute_score(gts, res)
+            cider, _ = Cider().compute_score(gts, res)
+            meteor = meteor_scorer.compute_score(gts, res)[0] if meteor_scorer else None
+            tokenizer = "ptb" if java_path else "regex"
+            out[n] = CaptionScores(len(res), float(bleu[3]), float(rouge), float(cider), meteor, tokenizer, notes)
+    finally:
+        del meteor_scorer
+    return out
