@@ -286,6 +286,7 @@ def captioner_beside_decoding(
         return batch * calls * threads / (time.perf_counter() - start)
 
     runs: dict[str, list[float]] = {}
+    traces: dict[str, list[dict[str, Any]]] = {}
     context = multiprocessing.get_context("spawn")
     for _ in range(repeats):
         for beside in ("alone", "decoding"):
@@ -300,14 +301,28 @@ def captioner_beside_decoding(
                     started.get(timeout=120)
             try:
                 for threads in (1, 2):
+                    # The call trace of the run's actor, to compare phase by phase with a run's.
+                    folder = tempfile.mkdtemp(prefix="calls-")
+                    call_trace.enable(folder)
                     runs.setdefault(f"actor_host_{beside}_{threads}calls_clips_per_s", []).append(rate(threads))
+                    call_trace.enable(None)
+                    traces.setdefault(f"actor_host_{beside}_{threads}calls", []).append(
+                        summarize_calls(call_trace.read(folder))
+                    )
+                    shutil.rmtree(folder, ignore_errors=True)
             finally:
                 stop.set()
                 for w in workers:
                     w.join(timeout=60)
                     if w.is_alive():
                         w.kill()
-    return {"busy_decoders": busy, **_medians_and_runs(runs, "captioner beside decoding")}
+    for key, summaries in traces.items():
+        print("captioner beside decoding", key, "caption calls", json.dumps(summaries), flush=True)
+    return {
+        "busy_decoders": busy,
+        **_medians_and_runs(runs, "captioner beside decoding"),
+        **{f"{key}_caption_calls": summaries for key, summaries in traces.items()},
+    }
 
 
 def _medians_and_runs(runs: dict[str, list[float]], label: str) -> dict[str, Any]:
@@ -713,6 +728,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "head_services": (("--tuning", "ray_head_services=true"), {}),
     "no_map_ahead": (("--tuning", "map_ahead=false"), {}),
     "nice0": (("--decode-niceness", "0"), {}),
+    # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
+    "writers4": (("--tuning", "cpus_per_writer=4"), {}),
+    "writes8": (("--tuning", "writes_per_writer=8"), {}),
     # The input read from the disk, not the page cache (each run's input evicted from it
     # first): what a corpus larger than memory sees. The same run otherwise.
     COLD_INPUT: ((), {}),

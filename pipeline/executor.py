@@ -201,7 +201,16 @@ def run_units(
     result = ExecutionResult()
     if not units:
         return result
-    writers = WriterPool(layout, storage, provenance, settings.write_cpus, settings.tuning.writeback_bytes)
+    tuning = settings.tuning
+    writers = WriterPool(
+        layout,
+        storage,
+        provenance,
+        settings.write_cpus,
+        tuning.writeback_bytes,
+        tuning.cpus_per_writer,
+        tuning.writes_per_writer,
+    )
     pools, caption_cpus, stage_cpus = _pools(settings, len(units), writers.reserved_cpus)
     captioners = pools.get("caption")
     limits: InflightLimits = _inflight_limits(

@@ -28,10 +28,9 @@ from tagcap.schemas.work import CaptionedUnit, UnitPayload
 from tagcap.workers.storage import Storage
 from tagcap.workers.writer import DEFAULT_WRITEBACK_BYTES, ProvenanceInfo, write_shard
 
-# Writes one writer runs at once: a write mostly waits on the disk, and units arrive in
-# bursts after the captioner's start (docs/design/writer-pool.md).
+# The defaults of Tuning.writes_per_writer and Tuning.cpus_per_writer
+# (docs/design/writer-pool.md).
 WRITES_PER_WRITER = 4
-# A node gets one writer per this many CPUs, and at least one.
 CPUS_PER_WRITER = 8
 # How long a writer that died gets to come back before it is replaced.
 _RECOVERY_S = 60.0
@@ -59,8 +58,8 @@ class ShardWriter:
         )
 
 
-def writers_per_node(cpus: float) -> int:
-    return max(1, round(cpus / CPUS_PER_WRITER))
+def writers_per_node(cpus: float, cpus_per_writer: int = CPUS_PER_WRITER) -> int:
+    return max(1, round(cpus / cpus_per_writer))
 
 
 def _cpu_nodes() -> list[tuple[str, float]]:
@@ -90,11 +89,16 @@ class WriterPool:
         provenance: ProvenanceInfo,
         cpus_each: float,
         writeback: int = DEFAULT_WRITEBACK_BYTES,
+        cpus_per_writer: int = CPUS_PER_WRITER,
+        writes_per_writer: int = WRITES_PER_WRITER,
     ):
         self._args = (layout, storage, provenance, writeback)
         self._cls = ray.remote(ShardWriter)
         self._cpus_each = cpus_each
-        self.writers = [self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus))]
+        self._writes_each = writes_per_writer
+        self.writers = [
+            self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))
+        ]
         if not self.writers:
             raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
 
@@ -109,7 +113,7 @@ class WriterPool:
     def _start(self, node: str) -> Any:
         return self._cls.options(
             num_cpus=self._cpus_each,
-            max_concurrency=WRITES_PER_WRITER,
+            max_concurrency=self._writes_each,
             # A writer that dies fails the writes it had (each retried as its unit's next
             # attempt, bounded) and comes back.
             max_restarts=-1,

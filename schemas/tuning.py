@@ -38,6 +38,10 @@ class Tuning:
     h2d_staging: str = "register"
     # Decode task: keep memory a unit frees for the next unit (glibc's mallopt).
     retain_freed_memory: bool = True
+    # Driver: a node gets one shard writer per this many CPUs (and at least one), each
+    # running up to writes_per_writer writes at once on threads.
+    cpus_per_writer: int = 8
+    writes_per_writer: int = 4
     # Shard writer: hand each this many MB of a tar to the disk as it is written (0: all
     # of it at the fsync that publishes the tar).
     writeback_mb: float = 64.0
@@ -49,6 +53,8 @@ class Tuning:
             raise ValueError(f"tuning.cuda_sync must be one of {list(CUDA_SYNC_MODES)}, got {self.cuda_sync!r}")
         if self.h2d_staging not in H2D_STAGING_MODES:
             raise ValueError(f"tuning.h2d_staging must be one of {list(H2D_STAGING_MODES)}, got {self.h2d_staging!r}")
+        if self.cpus_per_writer < 1 or self.writes_per_writer < 1:
+            raise ValueError("tuning: cpus_per_writer and writes_per_writer must be >= 1")
         if self.writeback_mb < 0:
             raise ValueError(f"tuning.writeback_mb must be >= 0, got {self.writeback_mb!r}")
 
@@ -104,6 +110,10 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if annotation.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
         return str(value).strip().lower()
     except ValueError:
         raise ValueError(f"tuning.{key}: {value!r} is not a {annotation.split(' ')[0]}") from None

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ def _band_matrix(n_fft: int, rate: int) -> np.ndarray:
 
 
 _BANDS = _band_matrix(FRAME, FP_RATE)
+_BIN_LO, _BIN_HI = int(np.flatnonzero(_BANDS.any(axis=0))[0]), int(np.flatnonzero(_BANDS.any(axis=0))[-1]) + 1
+
+
+@functools.cache
+def _bands_tensor():  # the band matrix over those bins, as a tensor (torch is imported on first use)
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(_BANDS[:, _BIN_LO:_BIN_HI]))
 
 
 def fingerprint(samples: np.ndarray, rate: int) -> Fingerprint:
@@ -82,8 +91,9 @@ def fingerprint(samples: np.ndarray, rate: int) -> Fingerprint:
     if x.shape[0] < FRAME:
         x = torch.nn.functional.pad(x, (0, FRAME - x.shape[0]))
     window = torch.hann_window(FRAME)
-    spec = torch.stft(x, FRAME, HOP, window=window, center=False, return_complex=True).abs().square()
-    energy = (torch.from_numpy(_BANDS) @ spec).T.numpy()  # (frames, 33)
+    z = torch.stft(x, FRAME, HOP, window=window, center=False, return_complex=True)[_BIN_LO:_BIN_HI]
+    power = z.real.square() + z.imag.square()  # only the bins of the bands, no square root
+    energy = (_bands_tensor() @ power).T.numpy()  # (frames, 33)
     diff = energy[:, :-1] - energy[:, 1:]
     bits_bool = (diff[1:] - diff[:-1]) > 0  # (frames - 1, 32)
     weights = (1 << np.arange(32, dtype=np.uint64)).astype(np.uint64)
