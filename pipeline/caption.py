@@ -278,6 +278,10 @@ def _clear_output(prep: Prepared) -> None:
         for entry in storage.list_dir(f"{layout.root.rstrip('/')}/{folder}"):
             if entry["url"].endswith(".parquet"):
                 storage.remove(entry["url"])
+    # What dedupe and eval captions said of the previous corpus no longer describes this one.
+    for url in (layout.dedupe_summary, layout.caption_eval):
+        if storage.exists(url):
+            storage.remove(url)
 
 
 def _manifest(prep: Prepared, started: str) -> RunManifest:

@@ -5,7 +5,7 @@ Why actors and not a Ray task per shard: write tasks reserve no CPU, so Ray ran 
 ready write at once in a worker process of its own and ended those processes once idle; a
 pool is started once and bounds the writes running at once (docs/design/writer-pool.md).
 
-Each node with CPUs gets ``writers_per_node`` writers, bound to it (Ray 2.60 placed a writer
+Each node with CPUs gets ``writers_per_node`` writers (one per ``Tuning.cpus_per_writer``), bound to it (Ray 2.60 placed a writer
 with soft node affinity on another node now and then, with both nodes up; one whose node is
 gone is replaced on another), each running up to ``WRITES_PER_WRITER`` writes at once on
 threads (a write mostly waits in system calls, which release the GIL). A unit's write goes
@@ -31,7 +31,7 @@ from tagcap.workers.writer import DEFAULT_WRITEBACK_BYTES, ProvenanceInfo, write
 # The defaults of Tuning.writes_per_writer and Tuning.cpus_per_writer
 # (docs/design/writer-pool.md).
 WRITES_PER_WRITER = 4
-CPUS_PER_WRITER = 8
+CPUS_PER_WRITER = 4
 # How long a writer that died gets to come back before it is replaced.
 _RECOVERY_S = 60.0
 

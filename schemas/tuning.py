@@ -40,7 +40,7 @@ class Tuning:
     retain_freed_memory: bool = True
     # Driver: a node gets one shard writer per this many CPUs (and at least one), each
     # running up to writes_per_writer writes at once on threads.
-    cpus_per_writer: int = 8
+    cpus_per_writer: int = 4
     writes_per_writer: int = 4
     # Shard writer: hand each this many MB of a tar to the disk as it is written (0: all
     # of it at the fsync that publishes the tar).

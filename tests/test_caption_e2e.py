@@ -75,7 +75,12 @@ def test_a_changed_configuration_is_refused_unless_overwrite(reference_run, samp
         run_caption(sample_config(sample_input, out, audio="none"))
     # execution-only settings are not a different run
     assert run_caption(sample_config(sample_input, out, batch_size=3, actors=2)) == 0
+    # What dedupe and eval captions wrote of the old corpus goes with it.
+    for folder, name in (("dedupe", "summary.json"), ("eval", "captions.json")):
+        (out / folder).mkdir()
+        (out / folder / name).write_text("{}")
     assert run_caption(sample_config(sample_input, out, audio="none", overwrite=True)) == 0
+    assert not (out / "dedupe" / "summary.json").exists() and not (out / "eval" / "captions.json").exists()
     o = check_output(str(out), expected_inputs=N_CLIPS)
     assert all(set(s) == {"__key__", "__url__", "__local_path__", "json"} for s in o.samples)
 

@@ -23,8 +23,9 @@ from tests.helpers import (
 )
 
 
-def test_one_writer_per_eight_cpus_of_a_node_and_at_least_one():
-    assert [writers_per_node(c) for c in (1, 2, 4, 12, 16, 64)] == [1, 1, 1, 2, 2, 8]
+def test_one_writer_per_four_cpus_of_a_node_by_default_and_at_least_one():
+    assert [writers_per_node(c) for c in (1, 2, 4, 12, 16, 64)] == [1, 1, 1, 3, 4, 16]
+    assert [writers_per_node(c, cpus_per_writer=8) for c in (1, 12, 16)] == [1, 2, 2]
 
 
 # Runs as a client of the two-node cluster (a process of its own: the test session has an

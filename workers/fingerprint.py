@@ -42,7 +42,7 @@ def pcm_digest(samples: np.ndarray, rate: int) -> str:
     """``xxh3-128`` hex digest of (rate, dtype, samples) of a decoded mono clip."""
     h = xxhash.xxh3_128()
     h.update(f"{int(rate)}:{samples.dtype.str}:".encode())
-    h.update(memoryview(np.ascontiguousarray(samples)).cast("B"))
+    h.update(np.ascontiguousarray(samples).data.cast("B"))  # the samples' bytes, not a copy
     return h.hexdigest()
 
 
