@@ -5,10 +5,11 @@ Why actors and not a Ray task per shard: write tasks reserve no CPU, so Ray ran 
 ready write at once in a worker process of its own and ended those processes once idle; a
 pool is started once and bounds the writes running at once (docs/design/writer-pool.md).
 
-Each node with CPUs gets ``writers_per_node`` writers (one per ``Tuning.cpus_per_writer``), bound to it (Ray 2.60 placed a writer
-with soft node affinity on another node now and then, with both nodes up; one whose node is
-gone is replaced on another), each running up to ``WRITES_PER_WRITER`` writes at once on
-threads (a write mostly waits in system calls, which release the GIL). A unit's write goes
+Each node with CPUs gets ``writers_per_node`` writers (one per ``Tuning.cpus_per_writer``),
+bound to it (Ray 2.60 placed a writer with soft node affinity on another node now and then,
+with both nodes up; one whose node is gone is replaced on another), each running up to
+``Tuning.writes_per_writer`` writes at once on threads (a write mostly waits in system
+calls, which release the GIL). A unit's write goes
 to the least busy writer on a node that holds the unit's decoded payload, where there is
 one: the audio bytes are most of a unit, and Ray placed write tasks by their arguments in
 the same way.
