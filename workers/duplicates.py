@@ -64,19 +64,20 @@ class _UnionFind:
 
 def shared_frame_pairs(fingerprints: Sequence[Fingerprint | None], settings: NearDuplicateSettings) -> np.ndarray:
     """(pairs, 2) int64 ``i < j`` of clips sharing at least ``min_shared_frames`` distinct
-    audible frame values, by one sort of every (value, clip)."""
-    values, owners = [], []
+    audible frame values, by one in-place sort of every (value, clip) packed in 8 bytes
+    (a clip's distinct values are about 500 for 10 s: some 400 MB a 100k clips)."""
+    packed = []
     for i, fp in enumerate(fingerprints):
-        if fp is None:
-            continue
-        mine = np.unique(fp.bits[fp.audible])
-        values.append(mine)
-        owners.append(np.full(len(mine), i, np.int64))
-    if not values:
+        if fp is not None:
+            packed.append((np.unique(fp.bits[fp.audible]).astype(np.uint64) << np.uint64(32)) | np.uint64(i))
+    if not packed:
         return np.zeros((0, 2), np.int64)
-    value, owner = np.concatenate(values), np.concatenate(owners)
-    order = np.argsort(value, kind="stable")
-    value, owner = value[order], owner[order]
+    keys = np.concatenate(packed)
+    del packed
+    keys.sort()  # by value, then by clip
+    value = keys >> np.uint64(32)
+    owner = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del keys
     starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
     sizes = np.diff(np.r_[starts, len(value)])
     n = len(fingerprints)
