@@ -35,7 +35,7 @@ from tagcap.schemas.dedupe import ClipRef, DedupeSummary, DuplicateGroup, ShardF
 from tagcap.schemas.layout import OutputLayout, join_url
 from tagcap.workers.audio import AUDIO_EXTENSIONS, AudioError, read_mono
 from tagcap.workers.duplicates import NearDuplicateSettings, duplicate_groups
-from tagcap.workers.fingerprint import FRAME, HOP, PROFILE_DIM, Fingerprint, fingerprint
+from tagcap.workers.fingerprint import FP_RATE, FRAME, HOP, PROFILE_DIM, Fingerprint, fingerprint
 from tagcap.workers.storage import Storage
 
 
@@ -166,8 +166,9 @@ def run_dedupe(
     storage.publish_bytes("".join(json.dumps(g.to_json(corpora)) + "\n" for g in groups).encode(), groups_url)
     method = {
         "exact": "xxh3-128 of decoded PCM, recorded at caption time",
-        "near": f"sub-band energy-difference bits, {FRAME / 8000 * 1000:.0f} ms frames every "
-        f"{HOP / 8000 * 1000:.0f} ms at 8 kHz; profile cosine then bit error rate",
+        "near": f"sub-band energy-difference bits, {FRAME / FP_RATE * 1000:.0f} ms frames every "
+        f"{HOP / FP_RATE * 1000:.0f} ms at {FP_RATE} Hz; candidates by {settings.candidates}, "
+        "confirmed by bit error rate",
         **settings.describe(),
     }
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

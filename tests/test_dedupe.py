@@ -47,7 +47,7 @@ def _ytid(tag: str, i: int) -> str:
     return f"{tag}{i:0{11 - len(tag)}d}"
 
 
-def _corpus(tmp_path, name: str, clips: list[tuple[str, bytes, str]]) -> str:
+def _corpus(tmp_path, name: str, clips: list[tuple[str, bytes, str]], audio: str = "copy") -> str:
     """Caption ``(ytid, audio bytes, ext)`` clips with the template captioner; the root."""
     folder = tmp_path / name
     folder.mkdir()
@@ -60,6 +60,7 @@ def _corpus(tmp_path, name: str, clips: list[tuple[str, bytes, str]]) -> str:
         labels=str(shared_data("audioset", "class_labels_indices.csv")),
         output=out,
         progress=False,
+        audio=audio,
     )
     assert run_caption(cfg) == 0
     check_output(out, expected_inputs=len(clips))
@@ -146,6 +147,21 @@ def test_dedupe_finds_exact_and_near_duplicates_within_and_across_corpora(ray_lo
     # inspect reports what dedupe found.
     summary = summarize(two).to_dict()
     assert summary["dedupe"]["dropped_here"] == 1 and summary["dedupe"]["near_groups"] == 2
+
+
+def test_a_corpus_without_its_audio_takes_part_in_the_exact_search(ray_local, tmp_path):
+    (x,) = _esc50(1)
+    w = x[: 4 * 16000]
+    clips = [(_ytid("q", 0), encode(w, 16000), "flac"), (_ytid("q", 1), encode(w, 16000, "WAV", "PCM_16"), "wav")]
+    clips.append((_ytid("q", 2), encode(w * 0.5, 16000), "flac"))  # a near copy: not found without audio
+    out = _corpus(tmp_path, "silent", clips, audio="none")
+    proc = subprocess.run(
+        tagcap_cmd("dedupe", out, "--num-cpus", "1"), env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["exact_groups"] == 1 and result["near_groups"] == 0 and result["not_fingerprinted"] == 3
+    assert f"Y{_ytid('q', 1)}_0" in _read(result["keys_url"]).splitlines()
 
 
 def test_dedupe_command_line_and_bad_input(tmp_path):
