@@ -33,7 +33,7 @@ HOP = 128  # 16 ms
 BAND_EDGES_HZ = np.geomspace(300.0, 3000.0, 34)  # 33 bands -> 32 bits a frame
 MAX_SHIFT_S = 1.0
 # A frame counts as audible when its bands' energy (summed power of the 2048-point Hann
-# frame, audio in [-1, 1]) is above this: a full-scale tone gives about 2.6e5, 16-bit
+# frame, audio in [-1, 1]) is above this: a full-scale tone gives about 3.9e5, 16-bit
 # quantization noise about 4e-5, digital silence 0. The bits of noise match nothing.
 _AUDIBLE = 1e-5
 PROFILE_DIM = 66
