@@ -35,7 +35,7 @@ from tagcap.schemas.dedupe import ClipRef, DedupeSummary, DuplicateGroup, ShardF
 from tagcap.schemas.layout import OutputLayout, join_url
 from tagcap.workers.audio import AUDIO_EXTENSIONS, AudioError, read_mono
 from tagcap.workers.duplicates import NearDuplicateSettings, duplicate_groups
-from tagcap.workers.fingerprint import FP_RATE, FRAME, HOP, PROFILE_DIM, Fingerprint, fingerprint
+from tagcap.workers.fingerprint import FP_RATE, FRAME, HOP, Fingerprint, fingerprint
 from tagcap.workers.storage import Storage
 
 
@@ -44,7 +44,6 @@ def fingerprint_shard(storage: Storage, layout: OutputLayout, corpus: int, shard
     keys: list[str] = []
     bits: list[np.ndarray] = []
     audible: list[np.ndarray] = []
-    profiles: list[np.ndarray] = []
     unreadable: list[tuple[str, str]] = []
     with storage.open_read(layout.tar(shard)) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
@@ -61,7 +60,6 @@ def fingerprint_shard(storage: Storage, layout: OutputLayout, corpus: int, shard
             keys.append(key)
             bits.append(fp.bits)
             audible.append(fp.audible)
-            profiles.append(fp.profile)
     lengths = [len(b) for b in bits]
     return ShardFingerprints(
         corpus=corpus,
@@ -70,7 +68,6 @@ def fingerprint_shard(storage: Storage, layout: OutputLayout, corpus: int, shard
         bits=np.concatenate(bits) if bits else np.zeros(0, np.uint32),
         audible=np.concatenate(audible) if audible else np.zeros(0, bool),
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        profiles=np.stack(profiles) if profiles else np.zeros((0, PROFILE_DIM), np.float32),
         unreadable=unreadable,
     )
 
@@ -79,14 +76,16 @@ def _unpack(batch: ShardFingerprints) -> dict[str, Fingerprint]:
     out = {}
     for i, key in enumerate(batch.keys):
         lo, hi = int(batch.offsets[i]), int(batch.offsets[i + 1])
-        out[key] = Fingerprint(batch.bits[lo:hi], batch.audible[lo:hi], batch.profiles[i])
+        out[key] = Fingerprint(batch.bits[lo:hi], batch.audible[lo:hi])
     return out
 
 
 def _index_rows(storage: Storage, layout: OutputLayout, shard: str) -> list[tuple[str, str | None]]:
     """(key, pcm digest or None) of a shard's index, in order."""
     with storage.open_read(layout.index(shard)) as fh:
-        table = pq.read_table(fh)
+        index = pq.ParquetFile(fh)
+        names = index.schema_arrow.names
+        table = index.read(columns=[c for c in ("key", "pcm_digest") if c in names])  # not the captions
     keys = table.column("key").to_pylist()
     digests = table.column("pcm_digest").to_pylist() if "pcm_digest" in table.column_names else [None] * len(keys)
     return list(zip(keys, digests, strict=True))
@@ -167,7 +166,7 @@ def run_dedupe(
     method = {
         "exact": "xxh3-128 of decoded PCM, recorded at caption time",
         "near": f"sub-band energy-difference bits, {FRAME / FP_RATE * 1000:.0f} ms frames every "
-        f"{HOP / FP_RATE * 1000:.0f} ms at {FP_RATE} Hz; candidates by {settings.candidates}, "
+        f"{HOP / FP_RATE * 1000:.0f} ms at {FP_RATE} Hz; pairs sharing frame values, "
         "confirmed by bit error rate",
         **settings.describe(),
     }

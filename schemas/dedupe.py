@@ -13,7 +13,7 @@ import numpy as np
 @dataclass
 class ShardFingerprints:
     """Fingerprints of one shard's clips, concatenated: clip ``i`` has frames
-    ``offsets[i]:offsets[i + 1]`` of ``bits``/``audible`` and row ``i`` of ``profiles``."""
+    ``offsets[i]:offsets[i + 1]`` of ``bits`` and ``audible``."""
 
     corpus: int  # position of the corpus among the command's inputs
     shard: str
@@ -21,7 +21,6 @@ class ShardFingerprints:
     bits: np.ndarray  # (frames,) uint32
     audible: np.ndarray  # (frames,) bool
     offsets: np.ndarray  # (clips + 1,) int64
-    profiles: np.ndarray  # (clips, PROFILE_DIM) float32
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (key, why) not fingerprinted
 
 

@@ -11,36 +11,30 @@ connected components of exact and confirmed pairs; each keeps its first clip in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from tagcap.schemas.dedupe import ClipRef, DuplicateGroup
-from tagcap.workers.fingerprint import FP_RATE, HOP, PROFILE_DIM, Fingerprint, bit_error_rate
+from tagcap.workers.fingerprint import FP_RATE, HOP, Fingerprint, bit_error_rate
 
 
 @dataclass(frozen=True)
 class NearDuplicateSettings:
     """Thresholds of the near-duplicate search (``docs/design/deduplication.md`` has the
-    planted-set measurements they come from).
-
-    ``candidates`` picks how pairs are proposed before the bit error rate confirms them:
-    ``frames`` (the default) pairs clips that share at least ``min_shared_frames`` exact
-    32-bit frame values, each value held by at most ``max_clips_per_value`` clips (a value
-    many clips hold, as near-silence gives, proposes nothing); ``profile`` pairs clips whose
-    spectral profiles are close (slower, kept for the measurement that chose ``frames``)."""
+    planted-set measurements they come from): clips are proposed as a pair when they share
+    at least ``min_shared_frames`` exact 32-bit frame values, each held by at most
+    ``max_clips_per_value`` clips (a value many clips hold proposes nothing), and confirmed
+    when their bit error rate over ``min_overlap_s`` of audible frames is at most
+    ``max_bit_error_rate``."""
 
     max_bit_error_rate: float = 0.25
-    candidates: str = "frames"
     min_shared_frames: int = 3
     max_clips_per_value: int = 64
-    min_profile_similarity: float = 0.9
-    candidates_per_clip: int = 32
     min_overlap_s: float = 2.0
-    block_rows: int = 512
 
-    def describe(self) -> dict[str, float | int | str]:
+    def describe(self) -> dict[str, float | int]:
         return asdict(self)
 
 
@@ -96,28 +90,6 @@ def shared_frame_pairs(fingerprints: Sequence[Fingerprint | None], settings: Nea
     return np.stack([pair // n, pair % n], axis=1)
 
 
-def profile_pairs(profiles: np.ndarray, settings: NearDuplicateSettings) -> np.ndarray:
-    """(pairs, 2) int64 ``i < j`` whose profiles' cosine similarity is at least the
-    threshold, the most similar ``candidates_per_clip`` of each ``i``."""
-    n = len(profiles)
-    found: list[np.ndarray] = []
-    for start in range(0, n, settings.block_rows):
-        stop = min(n, start + settings.block_rows)
-        sims = profiles[start:stop] @ profiles[start:].T  # columns from ``start``: j >= i only
-        rows = np.arange(stop - start)[:, None]
-        sims[rows >= np.arange(n - start)[None, :]] = -1.0  # j > i
-        r, c = np.nonzero(sims >= settings.min_profile_similarity)
-        if len(r) == 0:
-            continue
-        score = sims[r, c]
-        order = np.lexsort((-score, r))
-        r, c = r[order], c[order]
-        first = np.searchsorted(r, r, side="left")
-        keep = (np.arange(len(r)) - first) < settings.candidates_per_clip
-        found.append(np.stack([r[keep] + start, c[keep] + start], axis=1))
-    return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-
-
 def confirmed_pairs(
     fingerprints: Sequence[Fingerprint | None], pairs: np.ndarray, settings: NearDuplicateSettings
 ) -> list[tuple[int, int, float]]:
@@ -142,9 +114,11 @@ def duplicate_groups(
     digests: Sequence[str | None],
     fingerprints: Sequence[Fingerprint | None] | None,
     settings: NearDuplicateSettings | None = None,
+    propose: Callable[[Sequence[Fingerprint | None], NearDuplicateSettings], np.ndarray] = shared_frame_pairs,
 ) -> list[DuplicateGroup]:
     """Groups of two or more of ``refs`` (distinct clips, in input order): same digest, or
-    (where ``fingerprints`` are given) confirmed near duplicates."""
+    (where ``fingerprints`` are given) confirmed near duplicates among the pairs
+    ``propose`` gives ((pairs, 2) indices ``i < j``; a benchmark swaps in other proposers)."""
     settings = settings or NearDuplicateSettings()
     n = len(refs)
     uf = _UnionFind(n)
@@ -158,18 +132,7 @@ def duplicate_groups(
     worst: dict[int, float] = {}
     near_links: list[tuple[int, int, float]] = []
     if fingerprints is not None:
-        if settings.candidates == "profile":
-            blank = np.zeros(PROFILE_DIM, np.float32)
-            profiles = (
-                np.stack([f.profile if f is not None else blank for f in fingerprints])
-                if n
-                else np.zeros((0, PROFILE_DIM), np.float32)
-            )
-            pairs = profile_pairs(profiles, settings)
-        elif settings.candidates == "frames":
-            pairs = shared_frame_pairs(fingerprints, settings)
-        else:
-            raise ValueError(f"candidates must be frames or profile, got {settings.candidates!r}")
+        pairs = propose(fingerprints, settings)
         pairs = pairs[[uf.find(int(i)) != uf.find(int(j)) for i, j in pairs]] if len(pairs) else pairs
         near_links = confirmed_pairs(fingerprints, pairs, settings)
         for i, j, _ in near_links:
