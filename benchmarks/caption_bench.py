@@ -65,6 +65,7 @@ from common import (
     machine,
     make_corpus,
     repeat_corpus,
+    site_first_env,
     write_results,
 )
 from tagcap.schemas.records import ShardStats, median_stage_seconds
@@ -734,6 +735,10 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # The input read from the disk, not the page cache (each run's input evicted from it
     # first): what a corpus larger than memory sees. The same run otherwise.
     COLD_INPUT: ((), {}),
+    # dr_flac (miniaudio) built from source for a CPU level, ahead of PyPI's SSE2-only wheel
+    # on every process's path (gpu_suite.sh installs .whl/flac-<level>/ there).
+    "flac_v2": ((), site_first_env("/tmp/site-flac-v2")),
+    "flac_v3": ((), site_first_env("/tmp/site-flac-v3")),
     # The code of an earlier commit, the same run otherwise: a tagcap installed under
     # BASE_SITE (gpu_suite.sh puts .whl/base/tagcap-*.whl there) ahead of this one on the
     # path of the run and of every Ray process it starts.

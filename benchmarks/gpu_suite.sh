@@ -23,6 +23,14 @@ if compgen -G ".whl/base/tagcap-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site-base .whl/base/tagcap-*.whl
   cp .whl/base/commit.txt /tmp/site-base/BASE_COMMIT 2>/dev/null || true
 fi
+# miniaudio built from its source for a CPU level (x86-64-v2: dr_flac's SSE4.1 code; v3:
+# AVX2, BMI and LZCNT besides), where packed as .whl/flac-<level>/: the flac_<level> levers
+# (caption_bench.py) put it ahead of PyPI's SSE2 build.
+for built in .whl/flac-*/; do
+  [[ -d "$built" ]] || continue
+  level=$(basename "$built"); rm -rf "/tmp/site-$level"
+  python3 -m pip install -q --no-index --no-deps --target "/tmp/site-$level" "$built"miniaudio-*.whl
+done
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp   # import the installed tagcap, not the checkout's folders
 here=$OLDPWD

@@ -6,7 +6,7 @@ at once (each on its own tar), as a GPU host's 16 decode slots run.
     python benchmarks/prepare_bench.py --work /tmp/tagcap-bench --repeats 5 --procs 1,16
 
 Settings: ``retain``, freed memory kept for the next unit (tagcap's default); ``no_retain``,
-handed back to the kernel (``TAGCAP_RETAIN_FREED_MEMORY=0``); ``decode_only``, the decode
+handed back to the kernel (``--tuning retain_freed_memory=false``); ``decode_only``, the decode
 ceiling's loop in the same harness (each clip read from the tar and decoded to int16,
 nothing kept). ``prepare_unit`` against ``decode_only`` at the same number of processes is
 what a decode task costs beyond decoding, without Ray; a caption run's decode tasks against
@@ -32,18 +32,18 @@ from dataclasses import asdict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DECODE_SPEC, Corpus, base_code_commit, base_code_env, machine, make_corpus, write_results
 
-# name -> (TAGCAP_RETAIN_FREED_MEMORY, what the child runs, tagcap from BASE_SITE)
+# name -> (retain freed memory, what the child runs, tagcap from BASE_SITE)
 SETTINGS = {
-    "retain": ("1", "prepare", False),
-    "no_retain": ("0", "prepare", False),
-    "decode_only": ("1", "decode", False),
+    "retain": (True, "prepare", False),
+    "no_retain": (False, "prepare", False),
+    "decode_only": (True, "decode", False),
     # The unit's outputs also serialised as Ray stores them (pickle 5, NumPy arrays out of
     # band, each copied into one buffer allocated once, as the object store's memory is):
     # the copies a decode task makes of its unit, into the store included.
-    "put": ("1", "prepare_put", False),
+    "put": (True, "prepare_put", False),
     # The same with an earlier tagcap, installed under BASE_SITE (see caption_bench's
     # base_code lever).
-    "base_put": ("1", "prepare_put", True),
+    "base_put": (True, "prepare_put", True),
 }
 
 # Runs in the child (without torch, as a decode worker): the unit ``units`` times through
@@ -70,7 +70,7 @@ spec = DecodeSpec(**json.loads(sys.argv[5]))
 
 
 def decode_only():
-    retain_freed_memory()  # as the ceiling's workers
+    retain_freed_memory(spec.retain_freed_memory)  # as the ceiling's workers
     n = 0
     with tarfile.open(tar_path) as tar:
         for member in tar:
@@ -123,7 +123,8 @@ def _transparent_hugepages() -> str:
 def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str) -> list[float]:
     """``procs`` children at once, each on its own tar: each one's ms per clip."""
     retain, what, base = SETTINGS[setting]
-    env = {**os.environ, "TAGCAP_RETAIN_FREED_MEMORY": retain}
+    spec = json.dumps({**json.loads(spec), "retain_freed_memory": retain})
+    env = dict(os.environ)
     if base:
         env.update(base_code_env())
     children = [

@@ -200,7 +200,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check every committed shard against its stats (size, sha256, members, index)")
+    p = sub.add_parser("verify", help="check every committed shard against its stats (size, xxh3-128, members, index)")
     p.add_argument("output", help="output root URL of a tagcap run")
 
 

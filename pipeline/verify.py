@@ -2,8 +2,9 @@
 that describe the corpus checked against each other.
 
 Per shard with a stats file (the completion marker): its tar is there; its size is the
-``tar_bytes`` its stats recorded; its sha256 and its member count are those recorded at write
-time (stats written before tagcap recorded them are checked by size alone); its index holds
+``tar_bytes`` its stats recorded; its digest (xxh3-128, or sha256 in stats written before
+2026-12-04) and its member count are those recorded at write time (stats written before
+tagcap recorded them are checked by size alone); its index holds
 ``written`` rows; ``sizes.json`` gives it ``written`` samples. Listing sizes come free from
 the store's listing (on S3 too), so :func:`damaged_by_size` is cheap enough for every resume.
 """
@@ -16,6 +17,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
+import xxhash
 
 from tagcap.pipeline.outputs import committed_shards, read_stats
 from tagcap.schemas.layout import OutputLayout
@@ -60,9 +62,9 @@ def damaged_by_size(layout: OutputLayout, storage: Storage, stats: dict[str, Sha
 class _Hashing:
     """A file read front to back, hashing what passes through."""
 
-    def __init__(self, fh):
+    def __init__(self, fh, algorithm: str):
         self.fh = fh
-        self.digest = hashlib.sha256()
+        self.digest = xxhash.xxh3_128() if algorithm == "xxh3-128" else hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
         data = self.fh.read(size)
@@ -70,10 +72,11 @@ class _Hashing:
         return data
 
 
-def _tar_digest_and_members(storage: Storage, url: str) -> tuple[str, int]:
-    """The tar's sha256 and file member count, in one sequential read."""
+def _tar_digest_and_members(storage: Storage, url: str, algorithm: str) -> tuple[str, int]:
+    """The tar's digest by ``algorithm`` (``xxh3-128`` or ``sha256``) and its file member
+    count, in one sequential read."""
     with storage.open_read(url) as fh:
-        hashing = _Hashing(fh)
+        hashing = _Hashing(fh, algorithm)
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
             members = sum(1 for m in tar if m.isfile())
         while hashing.read(_CHUNK):  # the end blocks tarfile stops short of
@@ -101,13 +104,16 @@ def verify_output(url: str, storage: Storage) -> VerifyReport:
         if shard in damage:
             continue
         tar = layout.tar(shard)
+        algorithm, recorded = s.tar_digest or ("xxh3-128", "")
         try:
-            digest, members = _tar_digest_and_members(storage, tar)
+            digest, members = _tar_digest_and_members(storage, tar, algorithm)
         except (OSError, tarfile.TarError) as exc:
             damage.setdefault(shard, []).append(f"its tar cannot be read: {exc}")
             continue
-        if s.tar_sha256 and digest != s.tar_sha256:
-            damage.setdefault(shard, []).append(f"its tar's sha256 is {digest[:12]}, its stats say {s.tar_sha256[:12]}")
+        if recorded and digest != recorded:
+            damage.setdefault(shard, []).append(
+                f"its tar's {algorithm} is {digest[:12]}, its stats say {recorded[:12]}"
+            )
         if s.tar_members and members != s.tar_members:
             damage.setdefault(shard, []).append(f"its tar has {members} members, its stats say {s.tar_members}")
         try:

@@ -154,8 +154,10 @@ class ShardStats:
     seconds: float = 0.0
     clips_per_second: float = 0.0
     tar_bytes: int = 0
-    # The tar's sha256 and member count as written (empty in stats written before tagcap
-    # recorded them): what ``tagcap verify`` checks the tar against.
+    # The tar's digest and member count as written: what ``tagcap verify`` checks the tar
+    # against. xxh3-128 (what ``xxh128sum`` prints) since 2026-12-04; stats written before
+    # carry the sha256 instead, and stats written before tagcap recorded either, neither.
+    tar_xxh3_128: str = ""
     tar_sha256: str = ""
     tar_members: int = 0
     finished_at: float = 0.0  # unix seconds when the shard was committed (throughput over time)
@@ -168,7 +170,19 @@ class ShardStats:
         return sum(self.failed.values())
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
+        record = asdict(self)
+        if not self.tar_sha256:
+            del record["tar_sha256"]  # only stats written before 2026-12-04 carry one
+        return json.dumps(record, sort_keys=True, indent=1).encode()
+
+    @property
+    def tar_digest(self) -> tuple[str, str] | None:
+        """(algorithm, hex digest) of the tar as written, None where not recorded."""
+        if self.tar_xxh3_128:
+            return "xxh3-128", self.tar_xxh3_128
+        if self.tar_sha256:
+            return "sha256", self.tar_sha256
+        return None
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ShardStats:

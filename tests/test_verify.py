@@ -2,8 +2,12 @@
 tar of the right size with flipped bytes are each named with why, locally and on S3; a
 rerun redoes a shard whose tar is not the size its stats recorded."""
 
+import hashlib
+import json
 import os
 import subprocess
+
+import xxhash
 
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.verify import verify_output
@@ -30,10 +34,10 @@ def test_verify_names_each_damaged_shard_and_a_rerun_redoes_a_truncated_one(ray_
     report = verify_output(str(out), Storage())
     assert sorted(report.damaged) == ["000001", "000002"]
     assert "is 1000 bytes" in report.damaged["000001"][0]
-    assert "sha256" in " ".join(report.damaged["000002"])
+    assert "xxh3-128" in " ".join(report.damaged["000002"])
     bad = _verify_cli(str(out))
     assert bad.returncode == 1
-    assert "000001: its tar is 1000 bytes" in bad.stdout and "000002: its tar's sha256" in bad.stdout
+    assert "000001: its tar is 1000 bytes" in bad.stdout and "000002: its tar's xxh3-128" in bad.stdout
 
     # The rerun checks each committed shard's size from the listing and redoes 000001; the
     # flipped bytes are the same size, so only verify can tell (000002 is rewritten by hand).
@@ -62,3 +66,23 @@ def test_verify_on_s3_names_a_truncated_tar(ray_local, sample_input, s3, tmp_pat
     fs.pipe_file("verify-out/run/000003.tar", (out / "000003.tar").read_bytes()[:2048])
     report = verify_output("s3://verify-out/run", storage)
     assert list(report.damaged) == ["000003"] and "is 2048 bytes" in report.damaged["000003"][0]
+
+
+def test_stats_carry_the_tars_xxh128_and_older_stats_with_a_sha256_still_verify(ray_local, sample_input, tmp_path):
+    out = tmp_path / "out"
+    assert run_caption(sample_config(sample_input, out)) == 0
+    stats_path = out / "000000.stats.json"
+    stats = json.loads(stats_path.read_text())
+    tar = (out / "000000.tar").read_bytes()
+    # What `xxh128sum 000000.tar` prints; no sha256 is written beside it.
+    assert stats["tar_xxh3_128"] == xxhash.xxh3_128(tar).hexdigest() and "tar_sha256" not in stats
+
+    # A shard committed before the change: its stats carry the sha256 and no xxh3-128.
+    del stats["tar_xxh3_128"]
+    stats["tar_sha256"] = hashlib.sha256(tar).hexdigest()
+    stats_path.write_text(json.dumps(stats))
+    assert verify_output(str(out), Storage()).ok
+    stats["tar_sha256"] = hashlib.sha256(tar + b"x").hexdigest()
+    stats_path.write_text(json.dumps(stats))
+    report = verify_output(str(out), Storage())
+    assert list(report.damaged) == ["000000"] and "its tar's sha256 is" in report.damaged["000000"][0]
