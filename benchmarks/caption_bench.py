@@ -451,17 +451,20 @@ _DECODERS = {
 }
 
 
-def decode(tars: list[str], clips: int, repeats: int, workers: int) -> dict[str, Any]:
+def decode(
+    tars: list[str], clips: int, repeats: int, workers: int, decoders: tuple[str, ...] = tuple(_DECODERS)
+) -> dict[str, Any]:
     """Decode-only ceiling: ``workers`` processes (one per core), each decoding whole tars,
     with the settings a decode task makes (freed memory kept), for at least ``clips`` clips
-    and at least four tars per worker (so that the last tars do not leave cores idle long)."""
+    and at least four tars per worker (so that the last tars do not leave cores idle long);
+    ``decoders``: of ``_DECODERS`` (the ceiling is ``pcm16``'s rate)."""
     per_tar = sum(1 for _ in iter_clips(tars[:1]))
     chosen = tars[: max(4 * workers, -(-clips // per_tar))]
     n = per_tar * len(chosen)
     out: dict[str, Any] = {"decode_clips": n, "decode_workers": workers}
     with ProcessPoolExecutor(workers, initializer=retain_freed_memory) as pool:
         list(pool.map(_decode_tar, [(path, "cpu_resample") for path in chosen[:workers]]))  # warm every worker
-        for name in _DECODERS:
+        for name in decoders:
             rates = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -806,6 +809,7 @@ def main() -> None:
     ap.add_argument("--long-times", type=int, default=3, help="for e2e_long: the corpus this many times over")
     ap.add_argument("--long-levers", default="full", help="for e2e_long: of the levers, each run once a round")
     ap.add_argument("--long-repeats", type=int, default=1, help="for e2e_long: rounds of its levers")
+    ap.add_argument("--decoders", default=",".join(_DECODERS), help="for decode: which decoders, comma-separated")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
     args = ap.parse_args()
     uses_base = "base_code" in {*args.levers.split(","), *args.long_levers.split(",")}
@@ -836,7 +840,9 @@ def main() -> None:
     if "host_input_fresh" in what:
         figures.update(captioner_on_fresh_pages(ckpt, args.batch, args.repeats))
     if "decode" in what:
-        figures.update(decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus))
+        figures.update(
+            decode(corpus.tars, min(corpus.clips, 4096), args.repeats, cpus, tuple(args.decoders.split(",")))
+        )
     if "e2e_inflight" in what:
         # Lever: more units in flight (decoding goes on while the captioner actor starts).
         # Run before the default: the first run on a fresh machine is the slowest, so this
