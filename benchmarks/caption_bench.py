@@ -732,6 +732,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "head_services": (("--tuning", "ray_head_services=true"), {}),
     "no_map_ahead": (("--tuning", "map_ahead=false"), {}),
     "nice0": (("--decode-niceness", "0"), {}),
+    # The embedded Ray's idle-worker limit at CPUs + 8, tagcap's default before 2026-12-06.
+    "idle_cpus8": (("--tuning", f"idle_workers={(os.cpu_count() or 1) + 8}"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

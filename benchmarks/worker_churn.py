@@ -4,7 +4,9 @@ under Ray settings given as environment variables, interleaved round by round.
 
     python benchmarks/worker_churn.py --work /tmp/tagcap-churn --repeats 2
 
-Settings: ``default``; ``startup1``, Ray starting one worker process at a time
+Settings: ``default``; ``idle_cpus8``, the embedded Ray's idle-worker limit at CPUs + 8
+(``--tuning idle_workers``, tagcap's default before 2026-12-06); ``idle0``, a limit of 0;
+``startup1``, Ray starting one worker process at a time
 (``RAY_worker_maximum_startup_concurrency=1``; Ray's default is the machine's core count);
 ``no_prestart``, Ray not starting workers ahead for queued tasks
 (``RAY_enable_worker_prestart=0``); ``base_code``, an earlier tagcap (under BASE_SITE).
@@ -28,14 +30,18 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import TreeUsage, base_code_commit, base_code_env, machine, write_results
 
-SETTINGS: dict[str, dict[str, str]] = {
-    "default": {},
-    "startup1": {"RAY_worker_maximum_startup_concurrency": "1"},
-    "no_prestart": {"RAY_enable_worker_prestart": "0"},
+CPUS = os.cpu_count() or 1
+# Per setting: tagcap caption's extra arguments, and the environment it runs under.
+SETTINGS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "default": ((), {}),
+    "idle_cpus8": (("--tuning", f"idle_workers={CPUS + 8}"), {}),
+    "idle0": (("--tuning", "idle_workers=0"), {}),
+    "startup1": ((), {"RAY_worker_maximum_startup_concurrency": "1"}),
+    "no_prestart": ((), {"RAY_enable_worker_prestart": "0"}),
     # Ray not starting a worker per CPU when the first driver connects.
-    "no_first_driver_prestart": {"RAY_prestart_worker_first_driver": "0"},
+    "no_first_driver_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
     # The tagcap under BASE_SITE (an earlier commit; see benchmarks/README.md).
-    "base_code": base_code_env(),
+    "base_code": ((), base_code_env()),
 }
 WORKER_ROLES = ("decode_worker", "write_worker", "idle_worker", "ray_worker")
 
@@ -44,7 +50,8 @@ def _tagcap(*args: str) -> list[str]:
     return [sys.executable, "-m", "tagcap", *args]
 
 
-def run_once(sample: str, out: str, shards: int, env: dict[str, str]) -> dict[str, Any]:
+def run_once(sample: str, out: str, shards: int, setting: tuple[tuple[str, ...], dict[str, str]]) -> dict[str, Any]:
+    extra, env = setting
     shutil.rmtree(out, ignore_errors=True)
     cmd = _tagcap(
         "caption",
@@ -59,6 +66,7 @@ def run_once(sample: str, out: str, shards: int, env: dict[str, str]) -> dict[st
         "--captioner",
         "template",
         "--no-progress",
+        *extra,
     )
     start = time.perf_counter()
     # From outside the checkout: from its root, the checkout's tagcap is imported whatever

@@ -451,6 +451,7 @@ def _run_leased(prep: Prepared) -> int:
                 config.dashboard,
                 head_services=config.tuning.ray_head_services,
                 timeline=config.ray_timeline,
+                idle_workers=config.tuning.idle_workers,
             )
             if todo
             else contextlib.nullcontext()

@@ -13,8 +13,9 @@ starts them as Ray does. Its token authentication stays on: where ``RAY_AUTH_MOD
 set, the embedded Ray is started with it set to ``token`` (Ray's default for a new local
 cluster), which also keeps Ray from printing its notice about that default on every run.
 
-A cluster tagcap joins should be started with the same worker limit
-(``RAY_num_workers_soft_limit``, see :func:`worker_soft_limit`; the deploy/ files set it).
+The embedded Ray keeps Ray's own limit on idle worker processes unless ``idle_workers``
+(``tuning.idle_workers``) sets one. A cluster tagcap joins keeps whatever its nodes were
+started with (``RAY_num_workers_soft_limit``); the deploy/ files leave Ray's default.
 
 ``timeline`` (``--ray-timeline PATH``) writes Ray's task timeline (Chrome trace JSON: every task and
 actor call with its worker, start and end) to PATH when the session ends: what the
@@ -25,7 +26,6 @@ of a run, so their last calls (on a short run, all of them) may be missing from 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -36,15 +36,6 @@ import ray
 from tagcap.pipeline import ray_private
 
 
-def worker_soft_limit(cpus: int) -> int:
-    """Idle worker processes Ray keeps alive. Its default (one per CPU) is below what a
-    caption run holds at once: a decode task on every free CPU, the captioner actors and
-    the shard writers. Above the limit Ray kills idle workers within a second and starts
-    new ones for the next tasks, each paying the import of torch again: on two CPUs and
-    small units that churn made a run of 100 units take 42 s instead of 7."""
-    return cpus + 8
-
-
 @contextmanager
 def ray_session(
     address: str | None,
@@ -53,7 +44,12 @@ def ray_session(
     dashboard: bool = False,
     head_services: bool = False,
     timeline: str | None = None,
+    idle_workers: int | None = None,
 ) -> Iterator[None]:
+    """Ray for the body of the ``with``: the cluster at ``address``, or a new embedded Ray
+    of ``num_cpus`` (default: the machine's). ``idle_workers`` is the embedded Ray's limit
+    on idle worker processes (None: Ray's own); a joined cluster keeps its nodes' setting.
+    Where Ray is already initialized it is used as it is and left up."""
     if ray.is_initialized():
         # Already connected (a test fixture, or a user's own session): use it, leave it up.
         yield
@@ -67,7 +63,7 @@ def ray_session(
         # Token authentication on, said explicitly: Ray's default for a new local cluster,
         # without its notice about that default on every run.
         ray_private.token_auth_on()
-        cpus = num_cpus or os.cpu_count() or 1
+        system_config = {} if idle_workers is None else {"num_workers_soft_limit": idle_workers}
         lean = contextlib.nullcontext() if dashboard or head_services else ray_private.without_idle_head_services()
         with lean:
             context = ray.init(
@@ -79,7 +75,7 @@ def ray_session(
                 _node_ip_address="127.0.0.1",
                 log_to_driver=False,
                 configure_logging=False,
-                _system_config={"num_workers_soft_limit": worker_soft_limit(cpus)},
+                _system_config=system_config,
             )
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)

@@ -32,6 +32,9 @@ class Tuning:
     map_ahead: bool | None = None
     # Driver: start Ray's API server and autoscaler monitor with the embedded Ray.
     ray_head_services: bool = False
+    # Driver: the embedded Ray's limit on idle worker processes (its
+    # num_workers_soft_limit); None: Ray's own default.
+    idle_workers: int | None = None
     # Captioner actor: how its threads wait for the GPU.
     cuda_sync: str = "block"
     # Captioner actor: how a unit's PCM is copied to the GPU.
@@ -55,6 +58,8 @@ class Tuning:
             raise ValueError(f"tuning.h2d_staging must be one of {list(H2D_STAGING_MODES)}, got {self.h2d_staging!r}")
         if self.cpus_per_writer < 1 or self.writes_per_writer < 1:
             raise ValueError("tuning: cpus_per_writer and writes_per_writer must be >= 1")
+        if self.idle_workers is not None and self.idle_workers < 0:
+            raise ValueError(f"tuning.idle_workers must be >= 0 or none, got {self.idle_workers!r}")
         if self.writeback_mb < 0:
             raise ValueError(f"tuning.writeback_mb must be >= 0, got {self.writeback_mb!r}")
 

@@ -3,6 +3,8 @@ run's settings to every worker, on whichever node it runs."""
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,27 @@ def test_defaults_parse_and_errors():
         Tuning.from_mapping(["store_fraction"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="h2d_staging must be one of"):
         Tuning(h2d_staging="0")
+    assert Tuning().idle_workers is None and Tuning().updated(["idle_workers=3"]).idle_workers == 3
+    assert Tuning(idle_workers=3).updated(["idle-workers=none"]).idle_workers is None
+    with pytest.raises(ValueError, match="idle_workers must be >= 0 or none"):
+        Tuning.from_mapping({"idle_workers": -1})
+
+
+def test_the_idle_worker_limit_reaches_the_embedded_ray_and_none_leaves_rays_own():
+    """``tuning.idle_workers`` becomes the embedded Ray's num_workers_soft_limit, read back
+    from the started node's system config; none passes nothing, so Ray keeps its default."""
+    script = """
+import json, ray
+from tagcap.pipeline.ray_runtime import ray_session
+seen = []
+for limit in (3, None):
+    with ray_session(None, num_cpus=1, object_store_memory=80 * 2**20, idle_workers=limit):
+        seen.append(ray._private.worker.global_worker.node._config.get("num_workers_soft_limit"))
+print(json.dumps(seen))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [3, None]
 
 
 def test_yaml_tuning_and_flags_merge_flags_winning(tmp_path):
