@@ -6,7 +6,12 @@ as a caption run's actor does, with ``--busy`` other processes keeping cores bus
     python benchmarks/actor_start_bench.py --work /tmp/tagcap-bench --repeats 5 --busy 16
 
 ``current``: this tagcap; ``base_code``: the earlier one under BASE_SITE (see
-caption_bench's lever of that name). Each child reports the seconds to import the executor
+caption_bench's lever of that name); ``evicted``: this tagcap after the page cache of torch's
+and CUDA's libraries and of torch's Python files is dropped (``posix_fadvise``
+``DONTNEED``), as on a machine that has not started a GPU process since it booted;
+``evicted_no_readahead``: the same with ``tuning.library_readahead`` off. The very first
+start of the benchmark is kept as ``first_start`` (on a fresh machine, the truly cold one).
+Each child reports the seconds to import the executor
 module (what a Ray worker has done before the actor's ``__init__``) and to construct the
 actor; the actor's own account of its start (load / warm-up) is kept beside them.
 """
@@ -20,17 +25,18 @@ import re
 import subprocess
 import sys
 import time
-
-import torch
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     BASE_SITE,
     base_code_commit,
     base_code_env,
-    blat_checkpoint,
+    evict_from_page_cache,
+    machine,
     medians_by_setting,
     run_child,
+    torch_files,
     write_results,
 )
 
@@ -39,11 +45,13 @@ import json, sys, time
 started = time.perf_counter()
 from tagcap.pipeline.executor import ExecutionSettings  # torch not yet, as in a Ray worker
 from tagcap.pipeline.stage_actors import CaptionActor
+from tagcap.schemas.tuning import Tuning
 imported = time.perf_counter()
 gpu = float(sys.argv[2])
 settings = ExecutionSettings(
     captioner_spec="blat:" + sys.argv[1], captioner_config={}, batch_size=256, actors=1,
     gpus_per_actor=gpu, cpus_per_actor=0.0, decode_cpus=1.0, max_inflight=None, max_attempts=1,
+    tuning=Tuning().updated(sys.argv[3:]),
 )
 CaptionActor(settings)
 print(json.dumps({"import_s": imported - started, "start_s": time.perf_counter() - imported}))
@@ -52,11 +60,41 @@ print(json.dumps({"import_s": imported - started, "start_s": time.perf_counter()
 # A core kept busy at the decode tasks' niceness.
 _BUSY = "import os; os.nice(10)\nwhile True: pass"
 
-SETTINGS = {"current": {}, "base_code": base_code_env()}
+
+@dataclass(frozen=True)
+class Setting:
+    env: dict[str, str] = field(default_factory=dict)
+    tuning: tuple[str, ...] = ()
+    evict: bool = False
 
 
-def _start_once(ckpt: str, env: dict[str, str]) -> dict[str, float]:
-    figures, stderr = run_child(_CHILD, [ckpt, "1" if torch.cuda.is_available() else "0"], env)
+SETTINGS = {
+    "current": Setting(),
+    "base_code": Setting(env=base_code_env()),
+    "evicted": Setting(evict=True),
+    "evicted_no_readahead": Setting(tuning=("library_readahead=false",), evict=True),
+}
+
+
+def _has_gpu() -> bool:
+    return machine()["gpu"] != "none"
+
+
+def _checkpoint(folder: str) -> str:
+    """The BLAT-size checkpoint, built in a child process: this one keeps off torch, so
+    that evicting torch's files from the page cache leaves none of them behind."""
+    build = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from common import blat_checkpoint; blat_checkpoint(sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", build, os.path.dirname(os.path.abspath(__file__)), folder], check=True)
+    return folder
+
+
+def _start_once(ckpt: str, setting: Setting) -> dict[str, float]:
+    if setting.evict:
+        evict_from_page_cache(torch_files())
+    args = [ckpt, "1" if _has_gpu() else "0", *setting.tuning]
+    figures, stderr = run_child(_CHILD, args, setting.env)
     said = re.search(r"ready in ([\d.]+) s \(load ([\d.]+) s, warm-up ([\d.]+) s", stderr)
     if said:
         figures.update(ready_s=float(said.group(1)), load_s=float(said.group(2)), warm_up_s=float(said.group(3)))
@@ -75,12 +113,13 @@ def main() -> None:
     chosen = args.settings.split(",")
     if "base_code" in chosen and not os.path.isdir(BASE_SITE):
         ap.error(f"base_code needs an earlier tagcap installed under {BASE_SITE}")
-    ckpt = blat_checkpoint(os.path.join(args.work, "blat-ckpt"))
+    ckpt = _checkpoint(os.path.join(args.work, "blat-ckpt"))
     busy = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(args.busy)]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
     try:
         time.sleep(0.5 if busy else 0.0)
-        _start_once(ckpt, SETTINGS[chosen[0]])  # the first start reads everything from the disk
+        runs["first_start"] = [_start_once(ckpt, SETTINGS["current"])]  # reads everything from the disk
+        print(f"first_start: {json.dumps(runs['first_start'][0])}", flush=True)
         for _ in range(args.repeats):
             for name in chosen:
                 runs[name].append(_start_once(ckpt, SETTINGS[name]))

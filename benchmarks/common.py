@@ -8,6 +8,8 @@ holding ``gpu``, ``cpus``, ``date`` and its figures; docs/performance.md quotes 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -27,13 +29,10 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
 
 from tagcap.schemas.keys import make_key
 from tagcap.schemas.work import DecodeSpec
 from tagcap.workers.audio import encode_flac
-from tagcap.workers.models.captioner import TagGuidedCaptioner
-from tagcap.workers.models.checkpoint import save_captioner
 from tagcap.workers.models.configs import CaptionerConfig, EncoderConfig
 from tagcap.workers.models.vocab import TagVocabulary, Vocabulary
 from tagcap.workers.storage import Storage
@@ -127,13 +126,19 @@ def medians_by_setting(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    """The machine of a result. Asks ``nvidia-smi`` for the GPU, so that a benchmark whose
+    own process keeps off torch (actor_start_bench's evicted settings) stays so."""
+    try:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        gpu = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        gpu = "none"
     return {
-        "gpu": gpu,
+        "gpu": gpu.strip(),
         "cpus": os.cpu_count(),
         "cpu_model": platform.processor() or platform.machine(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "torch": torch.__version__,
+        "torch": importlib.metadata.version("torch"),
     }
 
 
@@ -254,6 +259,20 @@ def evict_from_page_cache(paths: list[str]) -> None:
             os.close(fd)
 
 
+def torch_files() -> list[str]:
+    """torch's and CUDA's shared libraries and torch's own files: what a GPU process reads
+    when it imports torch (evict them for a start as on a freshly booted machine). Found
+    without importing torch: pages a live process maps cannot be evicted."""
+    from tagcap.workers import library_readahead
+
+    files = library_readahead.library_files()
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for root, _dirs, names in os.walk(folder):
+            files += [os.path.join(root, name) for name in names]
+    return files
+
+
 def iter_clips(tars: list[str]) -> Iterator[tuple[str, bytes]]:
     for path in tars:
         with tarfile.open(path) as tar:
@@ -319,6 +338,11 @@ def blat_checkpoint(folder: str, seed: int = 0, tiny: bool = False) -> str:
     weights: the speed of a model does not depend on what it learned. Reused if present."""
     if os.path.exists(os.path.join(folder, "model.safetensors")):
         return folder
+    import torch
+
+    from tagcap.workers.models.captioner import TagGuidedCaptioner
+    from tagcap.workers.models.checkpoint import save_captioner
+
     torch.manual_seed(seed)
     # About the size of BLAT's vocabulary (AudioCaps + Clotho words seen twice or more).
     vocab = Vocabulary.build([" ".join(WORDS + [f"word{i}" for i in range(5000 - len(WORDS))])])
