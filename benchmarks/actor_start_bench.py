@@ -8,12 +8,11 @@ as a caption run's actor does, with ``--busy`` other processes keeping cores bus
 ``current``: this tagcap; ``base_code``: the earlier one under BASE_SITE (see
 caption_bench's lever of that name); ``evicted``: this tagcap after the page cache of torch's
 and CUDA's libraries and of torch's Python files is dropped (``posix_fadvise``
-``DONTNEED``), as on a machine that has not started a GPU process since it booted;
-``evicted_no_readahead``: the same with ``tuning.library_readahead`` off. The very first
-start of the benchmark is kept as ``first_start`` (on a fresh machine, the truly cold one).
-Each child reports the seconds to import the executor
-module (what a Ray worker has done before the actor's ``__init__``) and to construct the
-actor; the actor's own account of its start (load / warm-up) is kept beside them.
+``DONTNEED``), as on a machine that has not started a GPU process since it booted. The
+very first start of the benchmark is kept as ``first_start`` (on a fresh machine, the truly
+cold one). Each child reports the seconds to import the executor module (what a Ray worker
+has done before the actor's ``__init__``) and to construct the actor; the actor's own
+account of its start (load / warm-up) is kept beside them.
 """
 
 from __future__ import annotations
@@ -45,13 +44,11 @@ import json, sys, time
 started = time.perf_counter()
 from tagcap.pipeline.executor import ExecutionSettings  # torch not yet, as in a Ray worker
 from tagcap.pipeline.stage_actors import CaptionActor
-from tagcap.schemas.tuning import Tuning
 imported = time.perf_counter()
 gpu = float(sys.argv[2])
 settings = ExecutionSettings(
     captioner_spec="blat:" + sys.argv[1], captioner_config={}, batch_size=256, actors=1,
     gpus_per_actor=gpu, cpus_per_actor=0.0, decode_cpus=1.0, max_inflight=None, max_attempts=1,
-    tuning=Tuning().updated(sys.argv[3:]),
 )
 CaptionActor(settings)
 print(json.dumps({"import_s": imported - started, "start_s": time.perf_counter() - imported}))
@@ -64,7 +61,6 @@ _BUSY = "import os; os.nice(10)\nwhile True: pass"
 @dataclass(frozen=True)
 class Setting:
     env: dict[str, str] = field(default_factory=dict)
-    tuning: tuple[str, ...] = ()
     evict: bool = False
 
 
@@ -72,7 +68,6 @@ SETTINGS = {
     "current": Setting(),
     "base_code": Setting(env=base_code_env()),
     "evicted": Setting(evict=True),
-    "evicted_no_readahead": Setting(tuning=("library_readahead=false",), evict=True),
 }
 
 
@@ -93,7 +88,7 @@ def _checkpoint(folder: str) -> str:
 def _start_once(ckpt: str, setting: Setting) -> dict[str, float]:
     if setting.evict:
         evict_from_page_cache(torch_files())
-    args = [ckpt, "1" if _has_gpu() else "0", *setting.tuning]
+    args = [ckpt, "1" if _has_gpu() else "0"]
     figures, stderr = run_child(_CHILD, args, setting.env)
     said = re.search(r"ready in ([\d.]+) s \(load ([\d.]+) s, warm-up ([\d.]+) s", stderr)
     if said:

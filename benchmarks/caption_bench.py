@@ -734,7 +734,6 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "nice0": (("--decode-niceness", "0"), {}),
     # The embedded Ray's idle-worker limit at CPUs + 8, tagcap's default before 2026-12-06.
     "idle_cpus8": (("--tuning", f"idle_workers={(os.cpu_count() or 1) + 8}"), {}),
-    "no_readahead": (("--tuning", "library_readahead=false"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

@@ -260,16 +260,16 @@ def evict_from_page_cache(paths: list[str]) -> None:
 
 
 def torch_files() -> list[str]:
-    """torch's and CUDA's shared libraries and torch's own files: what a GPU process reads
-    when it imports torch (evict them for a start as on a freshly booted machine). Found
-    without importing torch: pages a live process maps cannot be evicted."""
-    from tagcap.workers import library_readahead
-
-    files = library_readahead.library_files()
-    spec = importlib.util.find_spec("torch")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        for root, _dirs, names in os.walk(folder):
-            files += [os.path.join(root, name) for name in names]
+    """The files of the installed torch and of the ``nvidia`` wheels (CUDA's libraries):
+    what a GPU process reads when it imports torch and makes its CUDA context (evicted, a
+    start is as on a freshly booted machine). Found without importing torch: pages a live
+    process maps cannot be evicted."""
+    files: list[str] = []
+    for package in ("torch", "nvidia"):
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for root, _dirs, names in os.walk(folder):
+                files += [os.path.join(root, name) for name in names]
     return files
 
 

@@ -31,7 +31,7 @@ from tagcap.schemas.manifest import InputFingerprint, RunManifest
 from tagcap.schemas.records import median_stage_seconds
 from tagcap.schemas.stages import StageSettings
 from tagcap.schemas.work import DecodeSpec, StageInfo, WorkUnit
-from tagcap.workers import captioners, library_readahead
+from tagcap.workers import captioners
 from tagcap.workers.captioners.base import CaptionerInfo
 from tagcap.workers.exclusion import Exclusions, load_exclusions
 from tagcap.workers.stages import describe_stage, stage_class
@@ -439,10 +439,6 @@ def _run_leased(prep: Prepared) -> int:
         tagcap_version=tagcap.__version__,
         stages=prep.stages,
     )
-    if todo and not config.ray_address and settings.gpus_per_actor > 0 and config.tuning.library_readahead:
-        # The embedded Ray's captioner actor runs on this machine: its libraries are read
-        # while Ray starts.
-        library_readahead.start()
     t0 = time.time()
     progress = RunProgress(len(prep.plan.units), len(done), enabled=config.progress)
     try:

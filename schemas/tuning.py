@@ -35,9 +35,6 @@ class Tuning:
     # Driver: the embedded Ray's limit on idle worker processes (its
     # num_workers_soft_limit); None: Ray's own default.
     idle_workers: int | None = None
-    # Driver (embedded Ray) and GPU captioner actor: read torch's and CUDA's shared
-    # libraries into the page cache on background threads before the actor imports them.
-    library_readahead: bool = True
     # Captioner actor: how its threads wait for the GPU.
     cuda_sync: str = "block"
     # Captioner actor: how a unit's PCM is copied to the GPU.

@@ -10,21 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from tagcap.schemas.tuning import Tuning
-from tagcap.workers import call_trace, library_readahead
+from tagcap.workers import call_trace
 
 
 def apply_actor_tuning(tuning: Tuning, on_gpu: bool, call_trace_dir: str | None) -> dict[str, Any]:
     """Apply ``tuning`` in this process; returns what is in effect, by setting name.
 
-    On a GPU: the readahead of torch's and CUDA's libraries (started before this process
-    imports torch), the threads' wait mode (before the CUDA context is made, so it starts that
+    On a GPU: the threads' wait mode (before the CUDA context is made, so it starts that
     way) and how PCM is copied to the GPU. Everywhere: the call trace folder, if any."""
     applied: dict[str, Any] = {"call_trace": call_trace_dir or None}
     call_trace.enable(call_trace_dir)
     if on_gpu:
-        if tuning.library_readahead:
-            library_readahead.start()
-        applied["library_readahead"] = tuning.library_readahead
         from tagcap.workers import cuda_runtime, model_input
 
         taken = cuda_runtime.set_sync_mode(tuning.cuda_sync)
