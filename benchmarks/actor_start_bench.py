@@ -71,10 +71,6 @@ SETTINGS = {
 }
 
 
-def _has_gpu() -> bool:
-    return machine()["gpu"] != "none"
-
-
 def _checkpoint(folder: str) -> str:
     """The BLAT-size checkpoint, built in a child process: this one keeps off torch, so
     that evicting torch's files from the page cache leaves none of them behind."""
@@ -85,11 +81,10 @@ def _checkpoint(folder: str) -> str:
     return folder
 
 
-def _start_once(ckpt: str, setting: Setting) -> dict[str, float]:
+def _start_once(ckpt: str, gpu: bool, setting: Setting) -> dict[str, float]:
     if setting.evict:
         evict_from_page_cache(torch_files())
-    args = [ckpt, "1" if _has_gpu() else "0"]
-    figures, stderr = run_child(_CHILD, args, setting.env)
+    figures, stderr = run_child(_CHILD, [ckpt, "1" if gpu else "0"], setting.env)
     said = re.search(r"ready in ([\d.]+) s \(load ([\d.]+) s, warm-up ([\d.]+) s", stderr)
     if said:
         figures.update(ready_s=float(said.group(1)), load_s=float(said.group(2)), warm_up_s=float(said.group(3)))
@@ -109,15 +104,16 @@ def main() -> None:
     if "base_code" in chosen and not os.path.isdir(BASE_SITE):
         ap.error(f"base_code needs an earlier tagcap installed under {BASE_SITE}")
     ckpt = _checkpoint(os.path.join(args.work, "blat-ckpt"))
+    gpu = machine()["gpu"] != "none"
     busy = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(args.busy)]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
     try:
         time.sleep(0.5 if busy else 0.0)
-        runs["first_start"] = [_start_once(ckpt, SETTINGS["current"])]  # reads everything from the disk
+        runs["first_start"] = [_start_once(ckpt, gpu, SETTINGS["current"])]  # reads everything from the disk
         print(f"first_start: {json.dumps(runs['first_start'][0])}", flush=True)
         for _ in range(args.repeats):
             for name in chosen:
-                runs[name].append(_start_once(ckpt, SETTINGS[name]))
+                runs[name].append(_start_once(ckpt, gpu, SETTINGS[name]))
                 print(f"{name}: {json.dumps(runs[name][-1])}", flush=True)
     finally:
         for proc in busy:

@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     BASE_SITE,
     DECODE_SPEC,
+    IDLE_CPUS8_FLAGS,
     MODEL_RATE,
     RATE,
     TreeUsage,
@@ -733,7 +734,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "no_map_ahead": (("--tuning", "map_ahead=false"), {}),
     "nice0": (("--decode-niceness", "0"), {}),
     # The embedded Ray's idle-worker limit at CPUs + 8, tagcap's default before 2026-12-06.
-    "idle_cpus8": (("--tuning", f"idle_workers={(os.cpu_count() or 1) + 8}"), {}),
+    "idle_cpus8": (IDLE_CPUS8_FLAGS, {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

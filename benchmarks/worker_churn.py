@@ -28,13 +28,12 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TreeUsage, base_code_commit, base_code_env, machine, write_results
+from common import IDLE_CPUS8_FLAGS, TreeUsage, base_code_commit, base_code_env, machine, write_results
 
-CPUS = os.cpu_count() or 1
 # Per setting: tagcap caption's extra arguments, and the environment it runs under.
 SETTINGS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "default": ((), {}),
-    "idle_cpus8": (("--tuning", f"idle_workers={CPUS + 8}"), {}),
+    "idle_cpus8": (IDLE_CPUS8_FLAGS, {}),
     "idle0": (("--tuning", "idle_workers=0"), {}),
     "startup1": ((), {"RAY_worker_maximum_startup_concurrency": "1"}),
     "no_prestart": ((), {"RAY_enable_worker_prestart": "0"}),
