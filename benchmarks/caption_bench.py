@@ -54,9 +54,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     BASE_SITE,
     DECODE_SPEC,
-    IDLE_CPUS8_FLAGS,
     MODEL_RATE,
     RATE,
+    RAY_IDLE_FLAGS,
     TreeUsage,
     base_code_commit,
     base_code_env,
@@ -733,8 +733,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "head_services": (("--tuning", "ray_head_services=true"), {}),
     "no_map_ahead": (("--tuning", "map_ahead=false"), {}),
     "nice0": (("--decode-niceness", "0"), {}),
-    # The embedded Ray's idle-worker limit at CPUs + 8, tagcap's default before 2026-12-06.
-    "idle_cpus8": (IDLE_CPUS8_FLAGS, {}),
+    # Ray's own idle-worker limit (one per CPU) in place of tagcap's CPUs + 8.
+    "ray_idle": (RAY_IDLE_FLAGS, {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

@@ -51,9 +51,10 @@ DECODE_SPEC = DecodeSpec(MODEL_RATE, MODEL_RATE * 10, "copy", 0.1, 600.0, 4000, 
 BASE_SITE = "/tmp/site-base"
 
 
-# tagcap caption's flags for the embedded Ray's idle-worker limit at CPUs + 8, tagcap's
-# default before 2026-12-06 (caption_bench's idle_cpus8 lever, worker_churn's setting).
-IDLE_CPUS8_FLAGS = ("--tuning", f"idle_workers={(os.cpu_count() or 1) + 8}")
+# tagcap caption's flags for Ray's own idle-worker limit, one per CPU, in place of tagcap's
+# CPUs + 8 (tagcap's default on 2026-12-06 only; caption_bench's lever and worker_churn's
+# setting ray_idle).
+RAY_IDLE_FLAGS = ("--tuning", f"idle_workers={os.cpu_count() or 1}")
 
 
 def site_first_env(site: str) -> dict[str, str]:

@@ -4,8 +4,9 @@ under Ray settings given as environment variables, interleaved round by round.
 
     python benchmarks/worker_churn.py --work /tmp/tagcap-churn --repeats 2
 
-Settings: ``default``; ``idle_cpus8``, the embedded Ray's idle-worker limit at CPUs + 8
-(``--tuning idle_workers``, tagcap's default before 2026-12-06); ``idle0``, a limit of 0;
+Settings: ``default``; ``ray_idle``, Ray's own idle-worker limit of one per CPU in place
+of tagcap's CPUs + 8 (``--tuning idle_workers``; tagcap's default on 2026-12-06 only);
+``idle0``, a limit of 0;
 ``startup1``, Ray starting one worker process at a time
 (``RAY_worker_maximum_startup_concurrency=1``; Ray's default is the machine's core count);
 ``no_prestart``, Ray not starting workers ahead for queued tasks
@@ -28,12 +29,12 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import IDLE_CPUS8_FLAGS, TreeUsage, base_code_commit, base_code_env, machine, write_results
+from common import RAY_IDLE_FLAGS, TreeUsage, base_code_commit, base_code_env, machine, write_results
 
 # Per setting: tagcap caption's extra arguments, and the environment it runs under.
 SETTINGS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "default": ((), {}),
-    "idle_cpus8": (IDLE_CPUS8_FLAGS, {}),
+    "ray_idle": (RAY_IDLE_FLAGS, {}),
     "idle0": (("--tuning", "idle_workers=0"), {}),
     "startup1": ((), {"RAY_worker_maximum_startup_concurrency": "1"}),
     "no_prestart": ((), {"RAY_enable_worker_prestart": "0"}),

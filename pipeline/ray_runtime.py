@@ -13,9 +13,10 @@ starts them as Ray does. Its token authentication stays on: where ``RAY_AUTH_MOD
 set, the embedded Ray is started with it set to ``token`` (Ray's default for a new local
 cluster), which also keeps Ray from printing its notice about that default on every run.
 
-The embedded Ray keeps Ray's own limit on idle worker processes unless ``idle_workers``
-(``tuning.idle_workers``) sets one. A cluster tagcap joins keeps whatever its nodes were
-started with (``RAY_num_workers_soft_limit``); the deploy/ files leave Ray's default.
+The embedded Ray keeps up to :func:`idle_worker_limit` idle worker processes (Ray's
+``num_workers_soft_limit``; ``tuning.idle_workers`` overrides it). A cluster tagcap joins
+keeps whatever its nodes were started with (``RAY_num_workers_soft_limit``); the deploy/
+files set the same limit.
 
 ``timeline`` (``--ray-timeline PATH``) writes Ray's task timeline (Chrome trace JSON: every task and
 actor call with its worker, start and end) to PATH when the session ends: what the
@@ -26,6 +27,7 @@ of a run, so their last calls (on a short run, all of them) may be missing from 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +36,14 @@ from contextlib import contextmanager
 import ray
 
 from tagcap.pipeline import ray_private
+
+
+def idle_worker_limit(cpus: int) -> int:
+    """Idle worker processes a node's Ray keeps: its CPUs + 8. Ray's own limit, one per
+    CPU, is below what a caption run holds at once (a decode task on every CPU, the
+    captioner actors, the shard writers), and above it Ray kills idle workers within a
+    second and starts new ones, each importing tagcap and torch again."""
+    return cpus + 8
 
 
 @contextmanager
@@ -48,7 +58,8 @@ def ray_session(
 ) -> Iterator[None]:
     """Ray for the body of the ``with``: the cluster at ``address``, or a new embedded Ray
     of ``num_cpus`` (default: the machine's). ``idle_workers`` is the embedded Ray's limit
-    on idle worker processes (None: Ray's own); a joined cluster keeps its nodes' setting.
+    on idle worker processes (None: :func:`idle_worker_limit` of its CPUs); a joined
+    cluster keeps its nodes' setting.
     Where Ray is already initialized it is used as it is and left up."""
     if ray.is_initialized():
         # Already connected (a test fixture, or a user's own session): use it, leave it up.
@@ -63,7 +74,7 @@ def ray_session(
         # Token authentication on, said explicitly: Ray's default for a new local cluster,
         # without its notice about that default on every run.
         ray_private.token_auth_on()
-        system_config = {} if idle_workers is None else {"num_workers_soft_limit": idle_workers}
+        limit = idle_worker_limit(num_cpus or os.cpu_count() or 1) if idle_workers is None else idle_workers
         lean = contextlib.nullcontext() if dashboard or head_services else ray_private.without_idle_head_services()
         with lean:
             context = ray.init(
@@ -75,7 +86,7 @@ def ray_session(
                 _node_ip_address="127.0.0.1",
                 log_to_driver=False,
                 configure_logging=False,
-                _system_config=system_config,
+                _system_config={"num_workers_soft_limit": limit},
             )
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)

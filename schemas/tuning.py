@@ -33,7 +33,7 @@ class Tuning:
     # Driver: start Ray's API server and autoscaler monitor with the embedded Ray.
     ray_head_services: bool = False
     # Driver: the embedded Ray's limit on idle worker processes (its
-    # num_workers_soft_limit); None: Ray's own default.
+    # num_workers_soft_limit); None: the node's CPUs + 8.
     idle_workers: int | None = None
     # Captioner actor: how its threads wait for the GPU.
     cuda_sync: str = "block"

@@ -233,17 +233,27 @@ def test_caption_as_a_ray_job_on_a_ray_start_cluster(sample_input, tmp_path):
     assert len(o.samples) == 24 and o.manifest["status"] == "complete"
 
 
-# --- Every cluster keeps Ray's own idle-worker limit, as the embedded Ray does ----------------
+# --- Every cluster keeps enough idle Ray workers -------------------------------------------
 
 
-def test_no_cluster_config_changes_the_idle_worker_limit_the_embedded_ray_keeps():
-    """By default the embedded Ray keeps Ray's own limit on idle workers (tuning.idle_workers
-    is none); a cluster started from deploy/ must run under the same limit, so none of its
-    files sets one (its README may say why)."""
+def test_every_cluster_config_sets_the_idle_worker_limit_tagcap_sets_for_itself():
+    """The embedded Ray keeps ``idle_worker_limit(cpus)`` idle workers by default; a cluster
+    started from deploy/ must do the same, for the CPUs each of its nodes declares."""
+    from tagcap.pipeline.ray_runtime import idle_worker_limit
     from tagcap.schemas.tuning import Tuning
 
-    assert Tuning().idle_workers is None
-    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".md"]
-    assert SLURM in files and DEPLOY / "ray-cluster.yaml" in files and KUBERAY / "raycluster.yaml" in files
-    for path in files:
-        assert "num_workers_soft_limit" not in path.read_text(errors="replace"), path
+    assert Tuning().idle_workers is None  # None: idle_worker_limit of the node's CPUs
+    launcher = yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())
+    nodes = launcher["available_node_types"]
+    for commands, node in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "gpu_worker")):
+        start = next(c for c in launcher[commands] if "ray start" in c)
+        assert f"RAY_num_workers_soft_limit={idle_worker_limit(nodes[node]['resources']['CPU'])} " in start
+
+    (cluster,) = _yaml_documents(KUBERAY / "raycluster.yaml")
+    for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
+        container = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert int(env["RAY_num_workers_soft_limit"]) == idle_worker_limit(int(container["resources"]["limits"]["cpu"]))
+
+    assert "RAY_num_workers_soft_limit=${RAY_num_workers_soft_limit:-$((cpus + 8))}" in SLURM.read_text()
+    assert idle_worker_limit(0) == 8  # the Slurm script's formula

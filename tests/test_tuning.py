@@ -39,9 +39,9 @@ def test_defaults_parse_and_errors():
         Tuning.from_mapping({"idle_workers": -1})
 
 
-def test_the_idle_worker_limit_reaches_the_embedded_ray_and_none_leaves_rays_own():
+def test_the_idle_worker_limit_reaches_the_embedded_ray_and_none_is_its_cpus_plus_8():
     """``tuning.idle_workers`` becomes the embedded Ray's num_workers_soft_limit, read back
-    from the started node's system config; none passes nothing, so Ray keeps its default."""
+    from the started node's system config; none gives the node's CPUs + 8."""
     script = """
 import json, ray
 from tagcap.pipeline.ray_runtime import ray_session
@@ -53,7 +53,7 @@ print(json.dumps(seen))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [3, None]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [3, 9]
 
 
 def test_yaml_tuning_and_flags_merge_flags_winning(tmp_path):
