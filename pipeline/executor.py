@@ -267,6 +267,9 @@ def run_units(
                 on_failed(flight.unit.shard, result.failed[flight.unit.shard])
 
     def submit(unit: WorkUnit, attempt: int) -> None:
+        # Taken before any call goes out: a task may start before .remote() returns, and its
+        # shard's pending time runs from here.
+        submitted, submitted_at = time.monotonic(), time.time()
         chosen = {name: pool.take() for name, pool in pools.items()}
         refs: Any
         if captioners is None:  # a regeneration: the corpus gives the caption stage's results
@@ -287,7 +290,7 @@ def run_units(
             last = actor.run.remote(last, batch_ref) if stage.needs_audio else actor.run.remote(last)
             calls.append((stage.stage, last))
         flight = _Flight(
-            unit, attempt, chosen, time.monotonic(), time.time(), batch_ref, payload_ref, last, stage_calls=calls
+            unit, attempt, chosen, submitted, submitted_at, batch_ref, payload_ref, last, stage_calls=calls
         )
         flights.append(flight)
         waiting[last] = flight
