@@ -14,8 +14,9 @@ this is what running beside Ray, the captioner and the writers costs them.
 
 Each process runs its unit ``--units`` times, as a Ray worker runs unit after unit, and
 reports the median of all but the first (which pays the imports and the first touch of
-every page either way). The machine's transparent huge page setting is recorded: where the
-kernel backs large allocations with 2 MB pages, handing memory back costs far fewer faults.
+every page either way), and its peak resident memory. The machine's transparent huge
+page setting is recorded: where the kernel backs large allocations with 2 MB pages, handing
+memory back costs far fewer faults.
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ SETTINGS = {
     # band, each copied into one buffer allocated once, as the object store's memory is):
     # the copies a decode task makes of its unit, into the store included.
     "put": (True, "prepare_put", False),
-    # The same with an earlier tagcap, installed under BASE_SITE (see caption_bench's
-    # base_code lever).
+    # ``put`` and ``retain`` with an earlier tagcap, installed under BASE_SITE (see
+    # caption_bench's base_code lever).
     "base_put": (True, "prepare_put", True),
+    "base_retain": (True, "prepare", True),
 }
 
 # Runs in the child (without torch, as a decode worker): the unit ``units`` times through
 # the decode task's own function (or the ceiling's decode loop), with the benchmarks'
 # DecodeSpec.
 _CHILD = """
-import io, json, pickle, statistics, sys, tarfile, time
+import io, json, pickle, resource, statistics, sys, tarfile, time
 from tagcap.pipeline.plan import plan_units
 from tagcap.schemas.audioset import LabelMap, SegmentTable, parse_segments
 from tagcap.schemas.work import DecodeSpec
@@ -108,7 +110,8 @@ for _ in range(units):
     start = time.perf_counter()
     clips = run()
     times.append(time.perf_counter() - start)
-print(json.dumps({"ms_per_clip": 1000 * statistics.median(times[1:]) / clips, "clips": clips}))
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(json.dumps({"ms_per_clip": 1000 * statistics.median(times[1:]) / clips, "clips": clips, "peak_mb": peak_mb}))
 """
 
 
@@ -120,8 +123,9 @@ def _transparent_hugepages() -> str:
         return "unknown"
 
 
-def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str) -> list[float]:
-    """``procs`` children at once, each on its own tar: each one's ms per clip."""
+def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str) -> list[tuple[float, float]]:
+    """``procs`` children at once, each on its own tar: each one's ms per clip and peak
+    resident memory (MB)."""
     retain, what, base = SETTINGS[setting]
     spec = json.dumps({**json.loads(spec), "retain_freed_memory": retain})
     env = dict(os.environ)
@@ -141,7 +145,8 @@ def _run_at_once(procs: int, setting: str, corpus: Corpus, units: int, spec: str
         stdout, _ = child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"{setting} child failed ({child.returncode})")
-        out.append(json.loads(stdout.strip().splitlines()[-1])["ms_per_clip"])
+        result = json.loads(stdout.strip().splitlines()[-1])
+        out.append((result["ms_per_clip"], result["peak_mb"]))
     return out
 
 
@@ -161,13 +166,20 @@ def main() -> None:
     # (setting, procs) -> per round: the median child's ms per clip, and clips/s of all.
     per_clip: dict[tuple[str, int], list[float]] = {(s, n): [] for s in settings for n in counts}
     rate: dict[tuple[str, int], list[float]] = {(s, n): [] for s in settings for n in counts}
+    peak: dict[tuple[str, int], list[float]] = {(s, n): [] for s in settings for n in counts}
     for _ in range(args.repeats):
         for n in counts:
             for name in settings:
-                ms = _run_at_once(n, name, corpus, args.units, spec)
+                children = _run_at_once(n, name, corpus, args.units, spec)
+                ms = [m for m, _ in children]
                 per_clip[name, n].append(round(statistics.median(ms), 3))
                 rate[name, n].append(round(sum(1000 / m for m in ms), 1))
-                print(f"{name} x{n}: {per_clip[name, n][-1]} ms/clip, {rate[name, n][-1]} clips/s", flush=True)
+                peak[name, n].append(round(statistics.median(p for _, p in children), 1))
+                print(
+                    f"{name} x{n}: {per_clip[name, n][-1]} ms/clip, {rate[name, n][-1]} clips/s, "
+                    f"peak {peak[name, n][-1]} MB",
+                    flush=True,
+                )
     figures = {
         **machine(),
         "transparent_hugepages": _transparent_hugepages(),
@@ -182,6 +194,7 @@ def main() -> None:
         figures[f"prepare_{name}{suffix}_ms_per_clip"] = round(statistics.median(values), 3)
         figures[f"prepare_{name}{suffix}_ms_per_clip_runs"] = values
         figures[f"prepare_{name}{suffix}_clips_per_s"] = round(statistics.median(rate[name, n]), 1)
+        figures[f"prepare_{name}{suffix}_peak_mb"] = round(statistics.median(peak[name, n]), 1)
     if "retain" in settings and "no_retain" in settings and 1 in counts:
         figures["retain_saving_fraction"] = round(
             1 - figures["prepare_retain_ms_per_clip"] / figures["prepare_no_retain_ms_per_clip"], 3
