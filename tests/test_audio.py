@@ -118,7 +118,7 @@ def test_fast_flac_path_decodes_exactly_what_soundfile_decodes_and_fails_alike(m
     assert audio._read_flac16(good16[: len(good16) // 2], True, None) is None
     assert audio._read_flac16(_flac_variants()[2], True, None) is None  # 24-bit: soundfile
     # ... and turning it off changes no outcome.
-    monkeypatch.setattr(audio, "_read_flac16", lambda data, pcm16, spec, into=None: None)
+    monkeypatch.setattr(audio, "_read_flac16", lambda data, pcm16, spec: None)
     reference = [(_outcome(c, p), _outcome(c, p, short)) for c in cases for p in (True, False)]
     assert fast == reference
     assert {o[0][0] for o in fast} == {"ok", "error"}

@@ -57,19 +57,13 @@ class DecodedClip:
 _INT16_EXACT = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
 
 
-def decode_clip(
-    data: bytes | memoryview, spec: DecodeSpec, pcm16: bool = False, into: np.ndarray | None = None
-) -> DecodedClip:
+def decode_clip(data: bytes | memoryview, spec: DecodeSpec, pcm16: bool = False) -> DecodedClip:
     """Decode any soundfile-readable bytes to mono float32 at the file's own rate, or, with
     ``pcm16`` and an encoding int16 holds exactly (16-bit and 8-bit PCM, FLAC included), to
-    mono int16 (what the captioner's transport carries).
-
-    ``into``: a 1-D int16 array that a mono 16-bit FLAC no longer than it is decoded straight
-    into (with ``pcm16``); the clip's samples are then a view of its first frames. Any other
-    clip leaves it as it was, or partly written where such a FLAC fails to decode."""
+    mono int16 (what the captioner's transport carries)."""
     if not data:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "zero bytes")
-    mono, rate = _read(data, pcm16, spec, into)
+    mono, rate = _read(data, pcm16, spec)
     if mono.shape[0] == 0:
         raise AudioError(ErrorReason.EMPTY_AUDIO, "no frames decoded")
     seconds = mono.shape[0] / rate
@@ -82,11 +76,9 @@ def decode_clip(
     return DecodedClip(np.ascontiguousarray(mono), rate)
 
 
-def _read(
-    data: bytes | memoryview, pcm16: bool, spec: DecodeSpec | None, into: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
+def _read(data: bytes | memoryview, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.ndarray, int]:
     """(mono, rate): dr_flac where it applies and decodes every frame, else soundfile."""
-    decoded = _read_flac16(data, pcm16, spec, into)
+    decoded = _read_flac16(data, pcm16, spec)
     return decoded if decoded is not None else _read_soundfile(data, pcm16, spec)
 
 
@@ -104,9 +96,7 @@ def _check_header(rate: int, frames: int, spec: DecodeSpec) -> None:
         raise AudioError(ErrorReason.TOO_LONG, f"{frames / rate:.1f} s > {spec.max_clip_seconds} s")
 
 
-def _read_flac16(
-    data: bytes | memoryview, pcm16: bool, spec: DecodeSpec | None, into: np.ndarray | None = None
-) -> tuple[np.ndarray, int] | None:
+def _read_flac16(data: bytes | memoryview, pcm16: bool, spec: DecodeSpec | None) -> tuple[np.ndarray, int] | None:
     """16-bit FLAC with a known length through dr_flac, header checked first (with a
     ``spec``); ``None`` where this path does not apply or did not decode every frame the
     header promises, so that soundfile decides.
@@ -131,10 +121,7 @@ def _read_flac16(
             _check_header(rate, frames, spec)
         elif frames * channels > _UNCHECKED_MAX_SAMPLES:
             return None  # no limits given: a header's promise alone allocates no more than this
-        direct = into is not None and pcm16 and channels == 1 and frames <= into.shape[0]
-        out = (
-            into[:frames].reshape(frames, 1) if direct and into is not None else np.empty((frames, channels), np.int16)
-        )
+        out = np.empty((frames, channels), np.int16)
         read = _lib.ma_dr_flac_read_pcm_frames_s16(flac, frames, _ffi.cast("ma_int16 *", _ffi.from_buffer(out)))
     finally:
         _lib.ma_dr_flac_close(flac)
@@ -202,15 +189,6 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
     out = taf.resample(torch.from_numpy(samples), orig_rate, new_rate)
     return out.numpy().astype(np.float32, copy=False)
-
-
-def flac_sample_rate(data: bytes | memoryview) -> int | None:
-    """The sample rate a FLAC stream's header states (its STREAMINFO block, which the
-    format puts first), without decoding; None for anything else."""
-    if len(data) < 22 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
-        return None
-    rate = (data[18] << 12) | (data[19] << 4) | (data[20] >> 4)
-    return rate or None
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

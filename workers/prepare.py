@@ -28,7 +28,6 @@ from tagcap.workers.audio import (
     decode_clip,
     encode_flac,
     fit_length,
-    flac_sample_rate,
     resample,
     to_pcm16,
 )
@@ -90,55 +89,18 @@ def _native_length(spec: DecodeSpec, rate: int) -> int:
     return math.ceil(spec.clip_samples * rate / spec.sample_rate)
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """The unit's transport array, allocated before its clips decode: one row per clip to
-    decode, at the rate most of their FLAC headers state. A clip at that rate is decoded
-    into its row (or fitted into it), so the array is the batch without another copy."""
-
-    rate: int
-    array: np.ndarray  # (clips to decode, samples at ``rate``) int16
+def _clip_pcm(clip: DecodedClip, spec: DecodeSpec) -> tuple[int, np.ndarray]:
+    # Kept as int16 right away: a unit's float32 clips at 48 kHz would hold 2 MB each.
+    return clip.sample_rate, to_pcm16(fit_length(clip.samples, _native_length(spec, clip.sample_rate)))
 
 
-def _transport_rows(audios: list[Blob], spec: DecodeSpec) -> _Rows | None:
-    rates = Counter(r for r in map(flac_sample_rate, audios) if r is not None)
-    if not rates:
-        return None
-    rate = rates.most_common(1)[0][0]
-    return _Rows(rate, np.empty((len(audios), _native_length(spec, rate)), np.int16))
-
-
-def _clip_pcm(clip: DecodedClip, spec: DecodeSpec, row: np.ndarray | None = None) -> tuple[int, np.ndarray]:
-    """The clip's transport PCM at its own rate: in ``row`` where one is given (of that
-    rate's length), zero-padded there if the clip was decoded into it."""
-    length = _native_length(spec, clip.sample_rate)
-    if row is None:
-        # Kept as int16 right away: a unit's float32 clips at 48 kHz would hold 2 MB each.
-        return clip.sample_rate, to_pcm16(fit_length(clip.samples, length))
-    if np.may_share_memory(clip.samples, row):
-        row[clip.samples.shape[0] :] = 0
-    else:
-        row[:] = to_pcm16(fit_length(clip.samples, length))
-    return clip.sample_rate, row
-
-
-def _transport_pcm(
-    clips: list[tuple[int, np.ndarray]], spec: DecodeSpec, rows: _Rows | None = None, kept: list[int] | None = None
-) -> tuple[int, np.ndarray]:
+def _transport_pcm(clips: list[tuple[int, np.ndarray]], spec: DecodeSpec) -> tuple[int, np.ndarray]:
     """The unit's clips as one int16 array at the rate most of them have; the few at
-    another rate are resampled to it here. Where ``rows`` has that rate, its rows ``kept``
-    (one per clip, in order) already hold every clip at that rate, and are the array."""
+    another rate are resampled to it here."""
     if not clips:
         return spec.sample_rate, np.zeros((0, spec.clip_samples), np.int16)
     rate = Counter(r for r, _ in clips).most_common(1)[0][0]
     length = _native_length(spec, rate)
-    if rows is not None and kept is not None and rows.rate == rate:
-        for row, (clip_rate, pcm) in zip(kept, clips, strict=True):
-            if clip_rate != rate:
-                rows.array[row] = to_pcm16(
-                    fit_length(resample(pcm.astype(np.float32) / 32768.0, clip_rate, rate), length)
-                )
-        return rate, rows.array if len(kept) == rows.array.shape[0] else rows.array[kept]
     out = np.empty((len(clips), length), np.int16)
     for row, (clip_rate, pcm) in enumerate(clips):
         if clip_rate != rate:
@@ -207,17 +169,13 @@ class _Decoded:
     digest: str  # of the PCM as decoded, before any fitting
 
 
-def _decode(audio: Blob, ext: str, spec: DecodeSpec, row: tuple[_Rows, int] | None = None) -> _Decoded | AudioError:
-    """One clip: its transport PCM, its digest and the audio to store (with its extension).
-    ``row``: the unit's transport rows and this clip's, which a clip at their rate fills."""
-    # Only a clip whose header states the rows' rate is decoded into its row.
-    into = row[0].array[row[1]] if row is not None and flac_sample_rate(audio) == row[0].rate else None
+def _decode(audio: Blob, ext: str, spec: DecodeSpec) -> _Decoded | AudioError:
+    """One clip: its transport PCM, its digest and the audio to store (with its extension)."""
     try:
-        clip = decode_clip(audio, spec, pcm16=True, into=into)
+        clip = decode_clip(audio, spec, pcm16=True)
     except AudioError as exc:
         return exc
-    at_rows_rate = row is not None and clip.sample_rate == row[0].rate
-    pcm = _clip_pcm(clip, spec, row[0].array[row[1]] if row is not None and at_rows_rate else None)
+    pcm = _clip_pcm(clip, spec)
     digest = pcm_digest(clip.samples, clip.sample_rate)
     mode = spec.audio_mode
     if mode.startswith("flac:"):
@@ -283,33 +241,26 @@ def prepare_unit(
     for item in pending:
         joined.append(_join(item, found, labels, seen_keys, exclusions))
     to_decode = [entry for entry in joined if not isinstance(entry, ErrorRecord)]
-    rows = _transport_rows([entry[0].audio for entry in to_decode], spec)
-    decoded = _map_threads(
-        lambda i: _decode(to_decode[i][0].audio, to_decode[i][0].ext, spec, (rows, i) if rows else None),
-        list(range(len(to_decode))),
-        spec.threads,
-    )
+    decoded = _map_threads(lambda entry: _decode(entry[0].audio, entry[0].ext, spec), to_decode, spec.threads)
     metas: list[SampleMeta] = []
     stored: list[Blob] = []
     clips: list[tuple[int, np.ndarray]] = []
-    kept: list[int] = []  # the rows of the clips that decoded
-    outcomes = iter(enumerate(decoded))
+    outcomes = iter(decoded)
     for entry in joined:
         if isinstance(entry, ErrorRecord):
             errors.append(entry)
             continue
         item, meta = entry
-        row, outcome = next(outcomes)
+        outcome = next(outcomes)
         if isinstance(outcome, AudioError):
             _fail(errors, meta.key, item.raw.source, "decode", outcome.reason, outcome.detail)
             continue
         clips.append(outcome.pcm)
-        kept.append(row)
         stored.append(outcome.audio)
         # per sample: copy mode keeps each clip's own encoding
         metas.append(replace(meta, audio_ext=outcome.ext, pcm_digest=outcome.digest))
 
-    rate, wave_array = _transport_pcm(clips, spec, rows, kept)
+    rate, wave_array = _transport_pcm(clips, spec)
     batch = ModelBatch(
         waveforms=wave_array,
         sample_rate=rate,
