@@ -381,6 +381,7 @@ def decode_spec(config: CaptionConfig, info: CaptionerInfo) -> DecodeSpec:
 
 def run_caption(config: CaptionConfig) -> int:
     """Run (or resume) a caption job. Returns the process exit status."""
+    entered = time.time()
     prep = prepare_run(config)
     lease = OutputLease(prep.layout, prep.storage)
     try:
@@ -391,7 +392,7 @@ def run_caption(config: CaptionConfig) -> int:
     except OSError as exc:
         raise ConfigError(f"output {config.output} is not writable: {exc}") from None
     try:
-        return _run_leased(prep)
+        return _run_leased(prep, entered)
     except KeyboardInterrupt:
         # The embedded Ray has been shut down on the way out; the lease goes below.
         done = committed_shards(prep.layout, prep.storage)
@@ -400,7 +401,9 @@ def run_caption(config: CaptionConfig) -> int:
         lease.release()
 
 
-def _run_leased(prep: Prepared) -> int:
+def _run_leased(prep: Prepared, entered: float) -> int:
+    """The run under its output lease; ``entered`` is when the command began planning (unix
+    seconds), so that the summary's phases cover the whole command but for its imports."""
     config, storage, layout = prep.config, prep.storage, prep.layout
     previous = read_manifest(layout, storage)
     if previous is not None and previous.identity != prep.identity:
@@ -474,9 +477,7 @@ def _run_leased(prep: Prepared) -> int:
             finished = time.time()
     finally:
         progress.close()
-    wall = time.time() - t0
-    # Where the wall-clock time went: a short job is mostly Ray's start and stop.
-    phases = {"Ray start": ready - t0, "units": finished - ready, "Ray stop": wall - (finished - t0)}
+    stopped = time.time()
 
     all_stats = read_stats(layout, storage, committed_shards(layout, storage))
     write_sizes(layout, storage, all_stats)
@@ -489,7 +490,16 @@ def _run_leased(prep: Prepared) -> int:
     complete = not result.failed and len(all_stats) == len(prep.plan.units)
     manifest.status = "complete" if complete else "incomplete"
     write_manifest(layout, storage, manifest)
-    _print_summary(manifest, result.stats, all_stats, wall, result.retries, phases)
+    # Where the wall-clock time went: a short job is mostly Ray's start and stop.
+    done_at = time.time()
+    phases = {
+        "plan": t0 - entered,
+        "Ray start": ready - t0,
+        "units": finished - ready,
+        "Ray stop": stopped - finished,
+        "finish": done_at - stopped,
+    }
+    _print_summary(manifest, result.stats, all_stats, done_at - entered, result.retries, phases)
     return 0 if complete else 1
 
 

@@ -95,8 +95,8 @@ def test_sample_command_then_caption_from_the_cli(tmp_path):
     assert "status: complete" in proc.stderr and "samples: 6 in, 6 written, 0 failed" in proc.stderr
     # Where the time went: the phases add up to the run's wall-clock time.
     wall = float(re.search(r"this run: 6 clips in ([\d.]+) s", proc.stderr).group(1))
-    phases = [float(x) for x in re.findall(r"(?:Ray start|units|Ray stop) ([\d.]+) s", proc.stderr)]
-    assert len(phases) == 3 and abs(sum(phases) - wall) <= 0.2 and phases[1] > 0
+    phases = [float(x) for x in re.findall(r"(?:plan|Ray start|units|Ray stop|finish) ([\d.]+) s", proc.stderr)]
+    assert len(phases) == 5 and abs(sum(phases) - wall) <= 0.2 and phases[2] > 0
     # And where the shards' time went, stage by stage, in the order a unit goes through them.
     stages = re.findall(r"(\w+) ([\d.]+) s", re.search(r"per shard, median: (.*)", proc.stderr).group(1))
     assert tuple(name for name, _ in stages) == RUN_STAGES
