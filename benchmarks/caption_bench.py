@@ -618,7 +618,9 @@ def e2e(
         # The timeline this benchmark asks for is its own instrumentation, not the run's work.
         dump = re.search(r"Ray timeline written in ([\d.]+) s", stderr)
         dumps.append(float(dump.group(1)) if dump else 0.0)
-        phases.append({k: float(v) for k, v in re.findall(r"(plan|Ray start|units|Ray stop|finish) ([\d.]+) s", stderr)})
+        phases.append(
+            {k: float(v) for k, v in re.findall(r"(plan|Ray start|units|Ray stop|finish) ([\d.]+) s", stderr)}
+        )
         rates.append(corpus.clips / (wall - dumps[-1]))
         timelines.append(summarize_timeline(timeline) if os.path.exists(timeline) else {})
         print(f"e2e {tag} run {r}: timeline {json.dumps(timelines[-1])}", flush=True)
@@ -738,6 +740,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # No worker processes started for the driver when it connects (Ray starts one per CPU
     # and ray.init waits for them): workers start as tasks and actors ask for them.
     "no_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
+    # The decode stage on a pool of actors, one per decode slot (not a task per unit).
+    "decode_actors": (("--tuning", "decode_actors=true"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

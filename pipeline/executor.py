@@ -28,7 +28,8 @@ from typing import Any
 import ray
 
 from tagcap.pipeline.actor_pools import ActorPool
-from tagcap.pipeline.admission import InflightLimits, actor_cpus, limits_for
+from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, limits_for
+from tagcap.pipeline.decode_actors import DECODE, DecodePool
 from tagcap.pipeline.failures import WRITER, describe_error, pools_to_recover
 from tagcap.pipeline.shard_writers import WriterPool
 from tagcap.pipeline.stage_actors import caption_actor_class, stage_actor_class
@@ -137,6 +138,7 @@ class _Flight:
     stage_calls: list[tuple[str, ray.ObjectRef]] = field(default_factory=list)
     write: ray.ObjectRef | None = None  # once sent
     writer: int | None = None  # which of the pool's writers has it
+    decoding_in: int | None = None  # the decode actor it is queued on or decoding in, until decoded
 
     def pending(self) -> list[ray.ObjectRef]:
         return [r for r in (self.batch, self.captions, self.write) if r is not None]
@@ -221,6 +223,12 @@ def run_units(
     exclusions_ref = ray.put(exclusions) if exclusions else None
     prepare = _prepare.options(num_cpus=settings.decode_cpus, max_retries=0)
     read_corpus = _read_corpus.options(num_cpus=settings.decode_cpus, max_retries=0)
+    decoders: DecodePool | None = None
+    if tuning.decode_actors:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        n_captioners = len(captioners) if captioners else 0
+        slots = decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, writers.reserved_cpus + stage_cpus)
+        decoders = DecodePool(min(slots, len(units)), settings.decode_cpus)
 
     pending = deque((unit, 1) for unit in units)
     waiting: dict[ray.ObjectRef, _Flight] = {}  # every pending call of every unit in the air
@@ -232,7 +240,14 @@ def run_units(
         ahead = sum(f.captions is not None for f in flights)
         return ahead, len(flights) - ahead, sum(f.batch is not None for f in flights)
 
+    def decoded(flight: _Flight) -> None:
+        """Its decode actor (if it has one) has one unit fewer queued."""
+        if decoders is not None and flight.decoding_in is not None:
+            decoders.finished(flight.decoding_in)
+            flight.decoding_in = None
+
     def finish(flight: _Flight) -> None:
+        decoded(flight)
         flights.remove(flight)
         for ref in flight.pending():
             waiting.pop(ref, None)
@@ -240,7 +255,8 @@ def run_units(
             writers.finished(flight.writer)
 
     def pool_ids() -> dict[str, frozenset[str]]:
-        return {**{name: pool.actor_ids() for name, pool in pools.items()}, WRITER: writers.actor_ids()}
+        ids = {**{name: pool.actor_ids() for name, pool in pools.items()}, WRITER: writers.actor_ids()}
+        return {**ids, DECODE: decoders.actor_ids()} if decoders is not None else ids
 
     def settle(flight: _Flight, outcome: ShardStats | BaseException, stuck: str | None = None) -> None:
         """A unit's end: its stats, or a failed attempt (retried while attempts are left)."""
@@ -256,7 +272,9 @@ def run_units(
             if name == WRITER:
                 if flight.writer is not None:
                     writers.recover(flight.writer)
-            elif name in flight.actors:
+            elif name == DECODE and decoders is not None and DECODE in flight.actors:
+                decoders.recover(flight.actors[DECODE])
+            elif name in flight.actors and name in pools:
                 pools[name].recover(flight.actors[name])
         if flight.attempt < settings.max_attempts:
             result.retries += 1
@@ -271,13 +289,23 @@ def run_units(
         # shard's pending time runs from here.
         submitted, submitted_at = time.monotonic(), time.time()
         chosen = {name: pool.take() for name, pool in pools.items()}
+        decoder = None
+        if decoders is not None:
+            chosen[DECODE] = decoders.take()
+            decoder = decoders[chosen[DECODE]]
         refs: Any
         if captioners is None:  # a regeneration: the corpus gives the caption stage's results
-            refs = read_corpus.remote(unit, storage)
+            if decoder is not None:
+                refs = decoder.read_corpus.remote(unit, storage)
+            else:
+                refs = read_corpus.remote(unit, storage)
             batch_ref, payload_ref = refs  # num_returns=2
             last, calls = batch_ref, []
         else:
-            refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
+            if decoder is not None:
+                refs = decoder.prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
+            else:
+                refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
             batch_ref, payload_ref = refs  # num_returns=2
             captioner = captioners[chosen["caption"]]
             last = captioner.caption.remote(batch_ref)
@@ -292,6 +320,7 @@ def run_units(
         flight = _Flight(
             unit, attempt, chosen, submitted, submitted_at, batch_ref, payload_ref, last, stage_calls=calls
         )
+        flight.decoding_in = chosen.get(DECODE)
         flights.append(flight)
         waiting[last] = flight
         if last != batch_ref:
@@ -313,11 +342,13 @@ def run_units(
                 flight = found
                 if ref == flight.batch:  # decoded (or failed): the next unit may go to its slot
                     flight.batch = None
+                    decoded(flight)
                 elif ref == flight.captions:  # through every stage (or failed): its write goes out
                     if not flowing:
                         limits = limits.once_flowing(counts()[0])
                         flowing = True
                     flight.captions = None
+                    decoded(flight)  # a regeneration's read is its last call
                     # A failed decode or stage call fails the write with its error, so
                     # that every unit ends through its write's result.
                     flight.write, flight.writer = writers.submit(flight.payload, ref, flight.submitted_at)
@@ -333,13 +364,20 @@ def run_units(
             # Ray keeps trying to reconstruct) is cancelled and counts as a failed attempt.
             now = time.monotonic()
             for flight in [f for f in flights if now - f.submitted > settings.unit_timeout_s]:
-                stuck = None if flight.write is not None else (flight.stuck_stage() or "caption")
+                if flight.write is not None:
+                    stuck = None
+                elif decoders is not None and flight.decoding_in is not None:
+                    stuck = DECODE  # still queued on its decode actor, or decoding
+                else:
+                    stuck = flight.stuck_stage() or "caption"
                 for ref in flight.pending():
                     ray.cancel(ref, force=False, recursive=True)
                 if flight.write is not None and flight.writer is not None:
                     # A writer stuck in a write cannot be cancelled: restart it (the writes
                     # it had fail over and are retried).
                     writers.kill(flight.writer)
+                elif stuck == DECODE and decoders is not None:
+                    decoders.restart(flight.actors[DECODE])
                 elif stuck is not None:
                     # Nor can an actor stuck in a call: restart it (the units queued behind
                     # it fail over and are retried).
@@ -348,5 +386,7 @@ def run_units(
     finally:
         for pool in pools.values():
             pool.close()
+        if decoders is not None:
+            decoders.close()
         writers.close()
     return result

@@ -16,7 +16,7 @@ from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayAc
 
 WRITER = "writer"
 _ACTOR_TROUBLE = (RayActorError, ActorUnavailableError, ActorUnschedulableError, TimeoutError)
-_DIED = {"caption": "captioner actor died", WRITER: "shard writer died"}
+_DIED = {"caption": "captioner actor died", WRITER: "shard writer died", "decode": "decode actor died"}
 
 
 def _pool_of(actor_id: str | None, pools: Mapping[str, frozenset[str]]) -> str | None:

@@ -1,0 +1,78 @@
+"""The decode stage as a pool of long-lived actors, one per decode slot (``tuning.decode_actors``).
+
+Each :class:`DecodeActor` runs the same code a decode task runs (``workers.prepare`` for a
+caption run, ``workers.corpus_reader`` for a regeneration), one unit at a time, in a worker
+process it keeps for the run. A unit goes to the actor with the fewest units queued, so a
+slow unit holds back only the one queued behind it.
+
+Why actors and not a task per unit: for tasks, Ray starts a worker process per queued task
+while it hands out the idle ones (on a 16-CPU node a run held 17 worker processes that never
+ran anything), and the first tasks wait for those starts; an actor takes one of the workers
+Ray starts when the driver connects, and keeps it. The figures: docs/design/decode-actors.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from tagcap.pipeline.actor_pools import ActorPool
+from tagcap.schemas.audioset import LabelMap, SegmentTable
+from tagcap.schemas.work import DecodeSpec, WorkUnit
+from tagcap.workers.corpus_reader import read_corpus_unit
+from tagcap.workers.exclusion import Exclusions
+from tagcap.workers.prepare import prepare_unit
+from tagcap.workers.storage import Storage
+
+DECODE = "decode"
+
+
+class DecodeActor:
+    """Decodes units for its lifetime: what a decode task does, in one process."""
+
+    def info(self) -> int:
+        """This actor's process id (an actor that answers has come back)."""
+        return os.getpid()
+
+    @ray.method(num_returns=2)
+    def prepare(
+        self,
+        unit: WorkUnit,
+        spec: DecodeSpec,
+        segments: SegmentTable,
+        labels: LabelMap,
+        storage: Storage,
+        exclusions: Exclusions | None = None,
+    ) -> Any:
+        return prepare_unit(unit, spec, segments, labels, storage, exclusions)
+
+    @ray.method(num_returns=2)
+    def read_corpus(self, unit: WorkUnit, storage: Storage) -> Any:
+        return read_corpus_unit(unit, storage)
+
+
+class DecodePool(ActorPool):
+    """Decode actors, each unit to the one with the fewest units handed to it and not yet
+    decoded (:meth:`take` counts one on, :meth:`finished` one off)."""
+
+    def __init__(self, size: int, decode_cpus: float):
+        cls = ray.remote(DecodeActor).options(
+            num_cpus=decode_cpus,
+            # Restarts are unbounded but each unit's attempts are not: an input that kills
+            # its decoder ends as one failed shard.
+            max_restarts=-1,
+            max_task_retries=0,
+        )
+        super().__init__(DECODE, cls.remote, size)
+        self._queued = [0] * size
+
+    def take(self) -> int:
+        index = min(range(len(self.actors)), key=self._queued.__getitem__)
+        self._queued[index] += 1
+        return index
+
+    def finished(self, index: int) -> None:
+        """A unit that actor ``index`` was handed is decoded, failed or given up."""
+        self._queued[index] = max(0, self._queued[index] - 1)
