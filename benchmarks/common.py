@@ -381,6 +381,7 @@ def process_role(proc: psutil.Process) -> str:
         ("ray::IDLE", "idle_worker"),
         ("CaptionActor", "captioner_actor"),
         ("_prepare", "decode_worker"),
+        ("DecodeActor", "decode_worker"),
         ("ShardWriter", "write_worker"),
         ("_write", "write_worker"),  # a write task (before 2026-12-01's ninth session)
         ("default_worker.py", "ray_worker"),

@@ -51,7 +51,8 @@ def _steady_state(events: list[dict[str, Any]], start: float) -> dict[str, Any]:
     (Until 2026-12-01 the window opened at the first caption call and counted the tasks
     that ended in it: the refill after the captioner's start, when few tasks end, made that
     figure low by a fifth to a quarter.)"""
-    prepares = [e for e in events if e["name"].endswith("._prepare")]
+    # A decode task (executor._prepare) or a decode actor's call (prepare).
+    prepares = [e for e in events if e["name"].endswith("._prepare") or e["name"] == "prepare"]
     captions = [e for e in events if e["name"] == "caption"]
     if not prepares or not captions:
         return {}
