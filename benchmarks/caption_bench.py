@@ -740,8 +740,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # No worker processes started for the driver when it connects (Ray starts one per CPU
     # and ray.init waits for them): workers start as tasks and actors ask for them.
     "no_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
-    # The decode stage on a pool of actors, one per decode slot (not a task per unit).
-    "decode_actors": (("--tuning", "decode_actors=true"), {}),
+    # The decode stage as a Ray task per unit (the default until decode actors).
+    "decode_tasks": (("--tuning", "decode_actors=false"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

@@ -11,8 +11,9 @@ of tagcap's CPUs + 8 (``--tuning idle_workers``; tagcap's default on 2026-12-06 
 (``RAY_worker_maximum_startup_concurrency=1``; Ray's default is the machine's core count);
 ``no_prestart``, Ray not starting workers ahead for queued tasks
 (``RAY_enable_worker_prestart=0``); ``no_first_driver_prestart``, none started when the
-driver connects (``RAY_prestart_worker_first_driver=0``); ``decode_actors``, the decode
-stage on a pool of actors (``--tuning decode_actors=true``); ``base_code``, an earlier tagcap (under BASE_SITE).
+driver connects (``RAY_prestart_worker_first_driver=0``); ``decode_tasks``, the decode
+stage as a Ray task per unit (``--tuning decode_actors=false``; the default is a pool
+of actors); ``base_code``, an earlier tagcap (under BASE_SITE).
 Reported per setting: the run's units phase (from tagcap's summary), the Ray worker
 processes seen (decode, write and idle workers; a pool that only served the run's slots
 would be about its CPUs plus the actor), and the CPU seconds of workers that never ran a task.
@@ -42,8 +43,8 @@ SETTINGS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "no_prestart": ((), {"RAY_enable_worker_prestart": "0"}),
     # Ray not starting a worker per CPU when the first driver connects.
     "no_first_driver_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
-    # The decode stage on a pool of actors, one per decode slot, not a task per unit.
-    "decode_actors": (("--tuning", "decode_actors=true"), {}),
+    # The decode stage as a Ray task per unit, not on a pool of actors.
+    "decode_tasks": (("--tuning", "decode_actors=false"), {}),
     # The tagcap under BASE_SITE (an earlier commit; see benchmarks/README.md).
     "base_code": ((), base_code_env()),
 }

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from tagcap.pipeline.actor_pools import ActorPool
+from tagcap.pipeline.actor_pools import ActorPool, end_actors
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.work import DecodeSpec, WorkUnit
 from tagcap.workers.corpus_reader import read_corpus_unit
@@ -72,6 +72,11 @@ class DecodePool(ActorPool):
         index = min(range(len(self.actors)), key=self._queued.__getitem__)
         self._queued[index] += 1
         return index
+
+    def close(self) -> None:
+        """Ends the actors once their queued units are done (``actor_pools.end_actors``),
+        so that their calls stay in Ray's timeline."""
+        end_actors(self.actors)
 
     def finished(self, index: int) -> None:
         """A unit that actor ``index`` was handed is decoded, failed or given up."""

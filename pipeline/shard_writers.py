@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from tagcap.pipeline.actor_pools import end_actors
 from tagcap.schemas.layout import OutputLayout
 from tagcap.schemas.records import ShardStats
 from tagcap.schemas.work import CaptionedUnit, UnitPayload
@@ -161,14 +162,8 @@ class WriterPool:
         ray.kill(self.writers[index].handle, no_restart=False)
 
     def close(self, wait_s: float = 5.0) -> None:
-        """Ends the writers as an actor ends itself (a killed one loses what it had yet to
-        report, its calls' events in Ray's timeline among them); any still there after
-        ``wait_s`` is killed."""
-        exits = [writer.handle.__ray_terminate__.remote() for writer in self.writers]
-        _, left = ray.wait(exits, num_returns=len(exits), timeout=wait_s)
-        for writer, ref in zip(self.writers, exits, strict=True):
-            if ref in left:
-                ray.kill(writer.handle)
+        """Ends the writers (``actor_pools.end_actors``)."""
+        end_actors([writer.handle for writer in self.writers], wait_s)
 
 
 def _nodes_holding(ref: ray.ObjectRef) -> set[str]:

@@ -39,9 +39,9 @@ class Tuning:
     cuda_sync: str = "block"
     # Captioner actor: how a unit's PCM is copied to the GPU.
     h2d_staging: str = "register"
-    # Driver: decode units on a pool of actors, one per decode slot, instead of a task
-    # per unit (pipeline.decode_actors).
-    decode_actors: bool = False
+    # Driver: decode units on a pool of actors, one per decode slot (pipeline.decode_actors);
+    # false: a Ray task per unit.
+    decode_actors: bool = True
     # Decode task: keep memory a unit frees for the next unit (glibc's mallopt).
     retain_freed_memory: bool = True
     # Driver: a node gets one shard writer per this many CPUs (and at least one), each

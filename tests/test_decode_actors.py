@@ -1,5 +1,6 @@
-"""The decode stage on a pool of actors (``tuning.decode_actors``): the same shards as decode
-tasks give, a decode actor killed mid-unit survived, and a regeneration through it."""
+"""The decode stage on a pool of actors (the default; ``tuning.decode_actors``): the same
+shards as a decode task per unit gives, a decode actor killed mid-unit survived, and a
+regeneration through it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.config import CaptionConfig
 from tests.helpers import check_output, sample_config, tar_digests
 
-ON = {"decode_actors": True}
+TASKS = {"decode_actors": False}
 REWRITER = "tests.plugins:TagRewriter"
 
 
@@ -29,8 +30,8 @@ def long_sample(tmp_path_factory):
 
 
 def test_decode_actors_write_the_same_shards_as_decode_tasks(ray_local, sample_input, tmp_path):
-    assert run_caption(sample_config(sample_input, tmp_path / "tasks")) == 0
-    assert run_caption(sample_config(sample_input, tmp_path / "actors", tuning=ON)) == 0
+    assert run_caption(sample_config(sample_input, tmp_path / "tasks", tuning=TASKS)) == 0
+    assert run_caption(sample_config(sample_input, tmp_path / "actors")) == 0
     assert tar_digests(str(tmp_path / "actors")) == tar_digests(str(tmp_path / "tasks"))
     check_output(str(tmp_path / "actors"), expected_inputs=24)
     # The pool goes with the run (Ray frees a killed actor's CPUs within moments): later
@@ -61,7 +62,7 @@ def test_a_decode_actor_killed_mid_unit_comes_back_and_the_shards_are_unchanged(
     killer = threading.Thread(target=_kill_first_decoding_actor, args=(killed, stop), daemon=True)
     killer.start()
     try:
-        status = run_caption(sample_config(long_sample, tmp_path / "out", tuning=ON, max_attempts=2))
+        status = run_caption(sample_config(long_sample, tmp_path / "out", max_attempts=2))
     finally:
         stop.set()
         killer.join()
@@ -92,8 +93,8 @@ def test_a_regeneration_reads_its_source_through_decode_actors(ray_local, sample
         )
         return run_caption(config)
 
-    assert regenerate(str(tmp_path / "tasks"), {}) == 0
-    assert regenerate(str(tmp_path / "actors"), ON) == 0
+    assert regenerate(str(tmp_path / "tasks"), TASKS) == 0
+    assert regenerate(str(tmp_path / "actors"), {}) == 0
     assert tar_digests(str(tmp_path / "actors")) == tar_digests(str(tmp_path / "tasks"))
     check_output(str(tmp_path / "actors"), expected_inputs=24)
 
