@@ -110,3 +110,22 @@ def test_units_go_to_the_decode_actor_with_the_fewest_queued(ray_local):
         assert len({ray_local.get(actor.info.remote()) for actor in pool.actors}) == 3  # a process each
     finally:
         pool.close()
+
+
+def test_a_decode_actor_that_died_gets_no_units_until_it_answers_again(ray_local):
+    pool = DecodePool(2, decode_cpus=0.1)
+    try:
+        before = ray_local.get(pool[0].info.remote())
+        ray_local.kill(pool[0], no_restart=False)
+        with pytest.raises(ray_local.exceptions.RayActorError):  # a call after the kill fails: it died
+            while ray_local.get(pool[0].info.remote()) == before:
+                time.sleep(0.01)
+        pool.recover(0)
+        # Until actor 0 answers again, every unit goes to actor 1, however many it has queued.
+        while pool.up() < 2:
+            assert pool.take() == 1
+            time.sleep(0.01)
+        assert ray_local.get(pool[0].info.remote()) != before  # restarted: a new process
+        assert pool.take() == 0  # back, and the least queued
+    finally:
+        pool.close()
