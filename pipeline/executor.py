@@ -4,13 +4,14 @@ the air, retries.
 Per work unit, Ray calls chained by object references, so audio and text flow worker to
 worker without touching the driver:
 
-    prepare task (CPU)  ->  caption  ->  [rewrite]  ->  [filter]  ->  ShardWriter.write_shard
-    read, decode, join      the model stages, each a pool of actors   tar + index + errors + stats
+    DecodeActor.prepare  ->  caption  ->  [rewrite]  ->  [filter]  ->  ShardWriter.write_shard
+    read, decode, join       the model stages, each a pool of actors   tar + index + errors + stats
 
 The parts: admission (``pipeline.admission``: which units may go into the air), failure
 handling (``pipeline.failures``: what a failed attempt says, which actors to wait for), the
-stages' actors (``pipeline.stage_actors``, in pools of ``pipeline.actor_pools``) and the shard
-writers (``pipeline.shard_writers``); this module schedules. It hands each unit's stages to
+decode actors (``pipeline.decode_actors``; with ``tuning.decode_actors`` off, a task per unit),
+the stages' actors (``pipeline.stage_actors``, in pools of ``pipeline.actor_pools``) and the
+shard writers (``pipeline.shard_writers``); this module schedules. It hands each unit's stages to
 their pools' actors round robin and, once its last stage has returned, its write to a writer
 near its payload; a unit whose chain failed (a task error, a dead actor, a lost node) is
 retried up to ``max_attempts`` times before its shard is reported failed with the last
@@ -289,23 +290,19 @@ def run_units(
         # shard's pending time runs from here.
         submitted, submitted_at = time.monotonic(), time.time()
         chosen = {name: pool.take() for name, pool in pools.items()}
+        # The unit's decode: a call to the least queued decode actor, or a task.
         decoder = None
         if decoders is not None:
             chosen[DECODE] = decoders.take()
             decoder = decoders[chosen[DECODE]]
         refs: Any
         if captioners is None:  # a regeneration: the corpus gives the caption stage's results
-            if decoder is not None:
-                refs = decoder.read_corpus.remote(unit, storage)
-            else:
-                refs = read_corpus.remote(unit, storage)
+            refs = (decoder.read_corpus if decoder is not None else read_corpus).remote(unit, storage)
             batch_ref, payload_ref = refs  # num_returns=2
             last, calls = batch_ref, []
         else:
-            if decoder is not None:
-                refs = decoder.prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
-            else:
-                refs = prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
+            run_prepare = decoder.prepare if decoder is not None else prepare
+            refs = run_prepare.remote(unit, decode, segments_ref, labels_ref, storage, exclusions_ref)
             batch_ref, payload_ref = refs  # num_returns=2
             captioner = captioners[chosen["caption"]]
             last = captioner.caption.remote(batch_ref)
@@ -318,9 +315,17 @@ def run_units(
             last = actor.run.remote(last, batch_ref) if stage.needs_audio else actor.run.remote(last)
             calls.append((stage.stage, last))
         flight = _Flight(
-            unit, attempt, chosen, submitted, submitted_at, batch_ref, payload_ref, last, stage_calls=calls
+            unit,
+            attempt,
+            chosen,
+            submitted,
+            submitted_at,
+            batch_ref,
+            payload_ref,
+            last,
+            stage_calls=calls,
+            decoding_in=chosen.get(DECODE),
         )
-        flight.decoding_in = chosen.get(DECODE)
         flights.append(flight)
         waiting[last] = flight
         if last != batch_ref:
