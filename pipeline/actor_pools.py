@@ -59,6 +59,8 @@ def end_actors(handles: list[Any], wait_s: float = 5.0) -> None:
     """End actors as an actor ends itself, once the calls queued on it are done (a killed
     one loses what it had yet to report, its calls' events in Ray's timeline among them);
     any still there after ``wait_s`` is killed."""
+    if not handles:
+        return
     exits = [handle.__ray_terminate__.remote() for handle in handles]
     _, left = ray.wait(exits, num_returns=len(exits), timeout=wait_s)
     for handle, ref in zip(handles, exits, strict=True):

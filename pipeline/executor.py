@@ -205,6 +205,8 @@ def run_units(
     if not units:
         return result
     tuning = settings.tuning
+    # Started in the order they are first needed: the captioner (the longest start), the
+    # decode actors, then the writers (first needed once a unit is captioned).
     writers = WriterPool(
         layout,
         storage,
@@ -230,6 +232,7 @@ def run_units(
         n_captioners = len(captioners) if captioners else 0
         slots = decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, writers.reserved_cpus + stage_cpus)
         decoders = DecodePool(min(slots, len(units)), settings.decode_cpus)
+    writers.start()
 
     pending = deque((unit, 1) for unit in units)
     waiting: dict[ray.ObjectRef, _Flight] = {}  # every pending call of every unit in the air

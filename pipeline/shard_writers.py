@@ -82,7 +82,9 @@ class _Writer:
 
 
 class WriterPool:
-    """The run's writers, and which of them each unit's write goes to."""
+    """The run's writers, and which of them each unit's write goes to. Made, it knows its
+    writers' nodes and the CPUs they will hold; :meth:`start` starts them (a run starts its
+    writers after its decoding and its captioner, which are needed first)."""
 
     def __init__(
         self,
@@ -98,16 +100,21 @@ class WriterPool:
         self._cls = ray.remote(ShardWriter)
         self._cpus_each = cpus_each
         self._writes_each = writes_per_writer
-        self.writers = [
-            self._writer(node) for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))
-        ]
-        if not self.writers:
+        self._nodes = [node for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))]
+        if not self._nodes:
             raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
+        self.writers: list[_Writer] = []
+
+    def start(self) -> WriterPool:
+        """Starts the writers (once)."""
+        if not self.writers:
+            self.writers = [self._writer(node) for node in self._nodes]
+        return self
 
     @property
     def reserved_cpus(self) -> float:
         """The CPUs the writers hold from Ray, all together."""
-        return len(self.writers) * self._cpus_each
+        return len(self._nodes) * self._cpus_each
 
     def _writer(self, node: str) -> _Writer:
         return _Writer(self._start(node), node)

@@ -60,7 +60,7 @@ _CLIENT = textwrap.dedent(
         unit = WorkUnit(int(shard), shard, "tar", (f"in/{shard}.tar",))
         return UnitPayload(unit, samples, PackedBytes.pack(audio), [], clips)
 
-    pool = WriterPool(OutputLayout(out), Storage({}), ProvenanceInfo("test", None, {}, "0"), 0.0)
+    pool = WriterPool(OutputLayout(out), Storage({}), ProvenanceInfo("test", None, {}, "0"), 0.0).start()
     asked = [w.node for w in pool.writers]
     placed = [ray.get(w.handle.node.remote()) for w in pool.writers]
     nodes = sorted(set(asked))
