@@ -19,12 +19,8 @@ from typing import Any
 import ray
 
 from tagcap.pipeline.actor_pools import ActorPool, end_actors
-from tagcap.schemas.audioset import LabelMap, SegmentTable
-from tagcap.schemas.work import DecodeSpec, WorkUnit
 from tagcap.workers.corpus_reader import read_corpus_unit
-from tagcap.workers.exclusion import Exclusions
 from tagcap.workers.prepare import prepare_unit
-from tagcap.workers.storage import Storage
 
 DECODE = "decode"
 
@@ -37,20 +33,14 @@ class DecodeActor:
         return os.getpid()
 
     @ray.method(num_returns=2)
-    def prepare(
-        self,
-        unit: WorkUnit,
-        spec: DecodeSpec,
-        segments: SegmentTable,
-        labels: LabelMap,
-        storage: Storage,
-        exclusions: Exclusions | None = None,
-    ) -> Any:
-        return prepare_unit(unit, spec, segments, labels, storage, exclusions)
+    def prepare(self, *args: Any) -> Any:
+        """``workers.prepare.prepare_unit`` on its arguments."""
+        return prepare_unit(*args)
 
     @ray.method(num_returns=2)
-    def read_corpus(self, unit: WorkUnit, storage: Storage) -> Any:
-        return read_corpus_unit(unit, storage)
+    def read_corpus(self, *args: Any) -> Any:
+        """``workers.corpus_reader.read_corpus_unit`` on its arguments."""
+        return read_corpus_unit(*args)
 
 
 class DecodePool(ActorPool):
