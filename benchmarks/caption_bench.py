@@ -588,8 +588,10 @@ def e2e(
             "--actors",
             str(actors),
             "--no-progress",
-            *extra,
         ]
+        cmd += extra  # after --actors above: a lever's own count wins, its actors sharing the GPUs
+        if "--actors" in extra:
+            gpus_per_actor = gpus_per_actor * actors / int(extra[extra.index("--actors") + 1])
         if torch.cuda.is_available():
             cmd += ["--gpus-per-actor", str(gpus_per_actor)]
         timeline = os.path.join(work, f"timeline-{tag}-{r}.json")
@@ -742,6 +744,11 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "no_prestart": ((), {"RAY_prestart_worker_first_driver": "0"}),
     # The decode stage as a Ray task per unit (the default until decode actors).
     "decode_tasks": (("--tuning", "decode_actors=false"), {}),
+    # Two captioner actors sharing the one GPU, each with its own process (its own GIL and
+    # CUDA graphs), in place of one actor's two call threads.
+    "2actors": (("--actors", "2"), {}),
+    # Three calls at once in the one captioner actor, in place of the captioner's two.
+    "threads3": (("--actor-threads", "3"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
     "writers4": (("--tuning", "cpus_per_writer=4"), {}),
     "writes8": (("--tuning", "writes_per_writer=8"), {}),

@@ -150,3 +150,21 @@ def actor_cpus(
         )
     scale = spare / asked
     return {name: round(cpus * scale, 4) for name, (_, cpus) in wanted.items()}
+
+
+def gpu_shortfall(wanted: dict[str, tuple[int, float]], node_gpus: list[float]) -> str | None:
+    """Why the pools' actors (``wanted``: pool -> (actors, GPUs each)) cannot all be placed
+    on nodes with ``node_gpus`` GPUs each, or None where they may be. Only what no placement
+    gets round: an actor that asks more GPUs than any one node has, and the pools together
+    asking more than the whole cluster has. Ray holds such an actor pending until a node
+    that fits joins, which on a cluster that cannot grow (the embedded Ray) is forever."""
+    most, total = max(node_gpus, default=0.0), sum(node_gpus)
+    cluster = f"{len(node_gpus)} node(s), {total:g} GPU(s) in all"
+    for name, (_, gpus) in wanted.items():
+        if gpus > most:
+            return f"the {name} actors ask for {gpus:g} GPU each, but no node has that many ({cluster})"
+    asked = sum(n * gpus for n, gpus in wanted.values())
+    if asked > total + 1e-9:
+        parts = ", ".join(f"{n} {name} x {gpus:g}" for name, (n, gpus) in wanted.items() if gpus > 0)
+        return f"the actors ask for {asked:g} GPUs ({parts}), but the cluster has fewer ({cluster})"
+    return None

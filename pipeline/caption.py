@@ -359,6 +359,7 @@ def execution_settings(prep: Prepared) -> ExecutionSettings:
         captioner_id=prep.info.captioner_id,
         tuning=config.tuning,
         call_trace=config.call_trace,
+        cluster_grows=bool(config.ray_address),
     )
 
 

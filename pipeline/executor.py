@@ -20,6 +20,7 @@ error; the other shards go on.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 import ray
 
 from tagcap.pipeline.actor_pools import ActorPool
-from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, limits_for
+from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, gpu_shortfall, limits_for
 from tagcap.pipeline.decode_actors import DECODE, DecodePool
 from tagcap.pipeline.failures import WRITER, describe_error, pools_to_recover
 from tagcap.pipeline.shard_writers import WriterPool
@@ -97,6 +98,9 @@ class ExecutionSettings:
     # A regeneration: each unit is a shard of an existing corpus, read without its audio,
     # and no captioner runs (the corpus holds the caption stage's results).
     from_corpus: bool = False
+    # A joined cluster, which may add nodes (an autoscaler): actors asking for GPUs it does
+    # not have yet are waited for. False (the embedded Ray): they are an error at once.
+    cluster_grows: bool = False
 
     @property
     def maps_ahead(self) -> bool:
@@ -171,6 +175,7 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
     wanted = {} if settings.from_corpus else {"caption": (n_actors, settings.cpus_per_actor)}
     for stage in settings.stages:
         wanted[stage.stage] = (max(1, min(stage.resources.actors, n_units)), stage.resources.cpus)
+    _check_gpus(settings, n_actors, n_units)
     total = float(ray.cluster_resources().get("CPU", 0.0))
     cpus = actor_cpus(total, settings.decode_cpus, writers_cpus, wanted)
     pools = {}
@@ -186,6 +191,26 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
         pools[stage.stage] = ActorPool(stage.stage, make, wanted[stage.stage][0])
     others = sum(n * cpus[name] for name, (n, _) in wanted.items() if name != "caption")
     return pools, cpus.get("caption", 0.0), others
+
+
+def _check_gpus(settings: ExecutionSettings, n_actors: int, n_units: int) -> None:
+    """A ValueError where the pools' actors ask for GPUs the cluster does not have (Ray
+    would hold them pending with no word); on a cluster that may grow, a warning."""
+    wanted = {} if settings.from_corpus else {"captioner": (n_actors, settings.gpus_per_actor)}
+    for stage in settings.stages:
+        wanted[stage.stage] = (max(1, min(stage.resources.actors, n_units)), stage.resources.gpus_per_actor)
+    if not any(gpus > 0 for _, gpus in wanted.values()):
+        return
+    nodes = [float(n.get("Resources", {}).get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    short = gpu_shortfall(wanted, nodes)
+    if short is None:
+        return
+    if not settings.cluster_grows:
+        raise ValueError(
+            f"{short}: lower --gpus-per-actor or --actors (a stage's: --rewrite-gpus-per-actor and the like), "
+            "or join a cluster that has them (--ray-address)"
+        )
+    print(f"warning: {short}: waiting for the cluster to add them", file=sys.stderr, flush=True)
 
 
 def run_units(
