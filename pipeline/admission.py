@@ -29,13 +29,16 @@ class InflightLimits:
 
     Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit), as
     Ray starts worker processes for queued tasks. Decoded units still wait in the store up
-    to the budget. Why each rule: docs/design/inflight-policy.md."""
+    to the budget. ``slots``: the decode tasks that can run at once, which the limits were
+    sized for (a run's pool of decode actors has that many). Why each rule:
+    docs/design/inflight-policy.md."""
 
     ahead: int
     budget: float
     ahead_cost: float = 1.0
     writing_cost: float = 1.0
     decoding: int = 0
+    slots: int = 1
 
     def admits(self, ahead: int, writing: int, flowing: bool, decoding: int = 0) -> bool:
         """Whether one more unit may go: ``ahead`` and ``writing`` are in the air now,
@@ -88,11 +91,18 @@ def inflight_limits(
     ahead = 2 * (decoding + n_actors)
     floor = n_actors + 1
     if not unit_bytes or store_bytes <= 0:
-        return InflightLimits(max(floor, ahead), float(max(floor, ahead)), decoding=UNDECODED_PER_SLOT * decoding)
+        return InflightLimits(
+            max(floor, ahead), float(max(floor, ahead)), decoding=UNDECODED_PER_SLOT * decoding, slots=decoding
+        )
     budget = store_fraction * store_bytes / unit_bytes  # in units of one unit's input bytes
     ahead = max(floor, min(ahead, int(budget / 3)))
     return InflightLimits(
-        ahead, max(budget, 3.0 * ahead), ahead_cost=3.0, writing_cost=1.0, decoding=UNDECODED_PER_SLOT * decoding
+        ahead,
+        max(budget, 3.0 * ahead),
+        ahead_cost=3.0,
+        writing_cost=1.0,
+        decoding=UNDECODED_PER_SLOT * decoding,
+        slots=decoding,
     )
 
 
@@ -119,7 +129,7 @@ def limits_for(
     cpus = float(resources.get("CPU", 1.0))
     if max_inflight:
         slots = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, other_cpus)
-        return InflightLimits(max_inflight, float(max_inflight), decoding=UNDECODED_PER_SLOT * slots)
+        return InflightLimits(max_inflight, float(max_inflight), decoding=UNDECODED_PER_SLOT * slots, slots=slots)
     return inflight_limits(
         cpus,
         float(resources.get("object_store_memory", 0.0)),

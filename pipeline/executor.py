@@ -30,7 +30,7 @@ from typing import Any
 import ray
 
 from tagcap.pipeline.actor_pools import ActorPool
-from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, gpu_shortfall, limits_for
+from tagcap.pipeline.admission import InflightLimits, actor_cpus, gpu_shortfall, limits_for
 from tagcap.pipeline.decode_actors import DECODE, DecodePool
 from tagcap.pipeline.failures import WRITER, describe_error, pools_to_recover
 from tagcap.pipeline.shard_writers import WriterPool
@@ -253,10 +253,7 @@ def run_units(
     read_corpus = _read_corpus.options(num_cpus=settings.decode_cpus, max_retries=0)
     decoders: DecodePool | None = None
     if tuning.decode_actors:
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        n_captioners = len(captioners) if captioners else 0
-        slots = decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, writers.reserved_cpus + stage_cpus)
-        decoders = DecodePool(min(slots, len(units)), settings.decode_cpus)
+        decoders = DecodePool(min(limits.slots, len(units)), settings.decode_cpus)
     writers.start()
 
     pending = deque((unit, 1) for unit in units)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tagcap.pipeline.admission import decode_slots, inflight_limits
+from tagcap.pipeline.admission import decode_slots, inflight_limits, limits_for
 from tagcap.pipeline.caption import run_caption
 from tagcap.pipeline.executor import _inflight_limits
 from tagcap.pipeline.sample import write_sample
@@ -38,6 +38,9 @@ def test_at_most_two_units_per_decode_slot_wait_to_be_decoded():
     # Decoded units go on filling the memory budget while the actors start.
     assert limits.admits(63, 0, flowing=False, decoding=0) and not limits.admits(64, 0, flowing=False, decoding=0)
     assert inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).decoding == 2  # a laptop: one slot
+    # The slots they were sized for (a run's decode actors), given a fixed limit or not.
+    assert limits.slots == 16 and inflight_limits(2, 1 * GB, 1, 1.0, 1.0, 1 << 20).slots == 1
+    assert limits_for(8, {"CPU": 16.0}, 1, 0.0, 1.0, None, 4.0, 0.8).slots == 12
     assert inflight_limits(16, 40 * GB, 1, 1.0, 1.0, None, writers_cpus=0.5).decoding == 28
 
 
