@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import io
 import json
@@ -544,7 +545,7 @@ def baseline(
 
 
 # -- end to end -----------------------------------------------------------------------------
-def e2e(
+def run_e2e(
     ckpt_dir: str,
     corpus: Any,
     work: str,
@@ -555,7 +556,13 @@ def e2e(
     tag: str,
     extra: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
+    instrument: bool = True,
 ) -> dict[str, Any]:
+    """``repeats`` runs of ``tagcap caption`` over ``corpus``, each in a fresh process.
+    ``instrument``: with Ray's timeline and the captioner's call trace (the steady state,
+    the calls' phases); they cost the run's Ray stop about 2 s, only the dump of which is
+    taken out of the rate. Without (``--plain``): the run as a user runs it, its rate the
+    wall clock's."""
     rates: list[float] = []
     dumps: list[float] = []
     phases: list[dict[str, float]] = []
@@ -597,8 +604,11 @@ def e2e(
         timeline = os.path.join(work, f"timeline-{tag}-{r}.json")
         trace = os.path.join(work, f"calls-{tag}-{r}")
         shutil.rmtree(trace, ignore_errors=True)
-        os.makedirs(trace)
-        cmd += ["--ray-timeline", timeline, "--call-trace", trace]
+        if os.path.exists(timeline):
+            os.remove(timeline)
+        if instrument:
+            os.makedirs(trace)
+            cmd += ["--ray-timeline", timeline, "--call-trace", trace]
         env = {**os.environ, **(extra_env or {})}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -639,7 +649,7 @@ def e2e(
             flush=True,
         )
         print(f"e2e {tag} run {r}: {_actor_start_lines()}", flush=True)
-        calls.append(summarize_calls(call_trace.read(trace)))
+        calls.append(summarize_calls(call_trace.read(trace)) if instrument else {})
         print(f"e2e {tag} run {r}: caption calls {json.dumps(calls[-1])}", flush=True)
         print(stderr[-1500:], flush=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -718,6 +728,8 @@ def disk_write(work: str, gb: int = 4) -> dict[str, Any]:
 
 
 COLD_INPUT = "cold_input"
+# The default run without Ray's timeline and the call trace (see run_e2e): a user's run.
+PLAIN = "plain"
 
 # Levers of the end-to-end run, each the default with one thing changed (flags, and the
 # environment only for Ray's own settings and the base_code lever): the ablations that
@@ -755,6 +767,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # The input read from the disk, not the page cache (each run's input evicted from it
     # first): what a corpus larger than memory sees. The same run otherwise.
     COLD_INPUT: ((), {}),
+    PLAIN: ((), {}),
     # dr_flac (miniaudio) built from source for a CPU level, ahead of PyPI's SSE2-only wheel
     # on every process's path (gpu_suite.sh installs .whl/flac-<level>/ there).
     "flac_v2": ((), site_first_env("/tmp/site-flac-v2")),
@@ -828,7 +841,11 @@ def main() -> None:
     ap.add_argument("--long-repeats", type=int, default=1, help="for e2e_long: rounds of its levers")
     ap.add_argument("--decoders", default=",".join(_DECODERS), help="for decode: which decoders, comma-separated")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: to check the script on a CPU")
+    ap.add_argument(
+        "--plain", action="store_true", help="end-to-end runs without Ray's timeline and the call trace, as a user runs"
+    )
     args = ap.parse_args()
+    e2e = functools.partial(run_e2e, instrument=not args.plain)
     uses_base = "base_code" in {*args.levers.split(","), *args.long_levers.split(",")}
     if uses_base and not os.path.isdir(os.path.join(BASE_SITE, "tagcap")):
         ap.error(f"the base_code lever needs an earlier tagcap installed under {BASE_SITE}")
@@ -844,6 +861,7 @@ def main() -> None:
         "input_bytes": corpus.bytes,
         "batch": args.batch,
         "model": "tiny" if args.tiny else "blat",
+        "e2e_instrumented": not args.plain,
     }
     if uses_base:
         figures["base_code_commit"] = base_code_commit()
@@ -886,7 +904,10 @@ def main() -> None:
             for tag, (flags, env) in chosen.items():
                 if tag == COLD_INPUT:
                     evict_from_page_cache(corpus.tars)
-                runs[tag].append(e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
+                plain = args.plain or tag == PLAIN
+                runs[tag].append(
+                    e2e(ckpt, corpus, args.work, 1, args.batch, 1, 1.0, tag, flags, env, instrument=not plain)
+                )
         figures.update(_medians_of_runs(runs))
         figures["caption_e2e_clips_per_s"] = figures["e2e_full_clips_per_s"]
     if "e2e_long" in what:
@@ -902,7 +923,9 @@ def main() -> None:
                 tag = "long" if lever == "full" else f"long_{lever}"
                 if lever == COLD_INPUT:
                     evict_from_page_cache(long.tars)
-                long_runs.setdefault(tag, []).append(e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env))
+                plain = args.plain or lever == PLAIN
+                run = e2e(ckpt, long, args.work, 1, args.batch, 1, 1.0, tag, flags, env, instrument=not plain)
+                long_runs.setdefault(tag, []).append(run)
         figures.update(_medians_of_runs(long_runs))
         figures["caption_e2e_long_clips_per_s"] = figures.get("e2e_long_clips_per_s")
     if "e2e_scaling" in what:
