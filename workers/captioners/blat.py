@@ -76,8 +76,9 @@ class BlatCaptioner:
     def __init__(self, config: dict[str, Any]):
         self.params = _params(config)
         storage = Storage(config.get("storage_options") or {})
-        # The weights (hundreds of MB) are read and hashed on a thread while torch imports
-        # and the model is built: an actor's start delays every caption of a run.
+        # The weights (hundreds of MB) are read and hashed on a thread while the model is
+        # built (and, on a CPU, while torch imports; a GPU actor has imported it already to
+        # set how its threads wait): an actor's start delays every caption of a run.
         with ThreadPoolExecutor(1, thread_name_prefix="tagcap-weights") as pool:
             weights = pool.submit(read_weights, config["target"], storage)
             from tagcap.workers.captioners.blat_runtime import BlatRuntime  # torch: the actor's only
