@@ -175,7 +175,7 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
     wanted = {} if settings.from_corpus else {"caption": (n_actors, settings.cpus_per_actor)}
     for stage in settings.stages:
         wanted[stage.stage] = (max(1, min(stage.resources.actors, n_units)), stage.resources.cpus)
-    _check_gpus(settings, n_actors, n_units)
+    _check_gpus(settings, {name: n for name, (n, _) in wanted.items()})
     total = float(ray.cluster_resources().get("CPU", 0.0))
     cpus = actor_cpus(total, settings.decode_cpus, writers_cpus, wanted)
     pools = {}
@@ -193,12 +193,12 @@ def _pools(settings: ExecutionSettings, n_units: int, writers_cpus: float) -> tu
     return pools, cpus.get("caption", 0.0), others
 
 
-def _check_gpus(settings: ExecutionSettings, n_actors: int, n_units: int) -> None:
-    """A ValueError where the pools' actors ask for GPUs the cluster does not have (Ray
-    would hold them pending with no word); on a cluster that may grow, a warning."""
-    wanted = {} if settings.from_corpus else {"captioner": (n_actors, settings.gpus_per_actor)}
-    for stage in settings.stages:
-        wanted[stage.stage] = (max(1, min(stage.resources.actors, n_units)), stage.resources.gpus_per_actor)
+def _check_gpus(settings: ExecutionSettings, sizes: dict[str, int]) -> None:
+    """A ValueError where the pools' actors (``sizes``: pool -> actors) ask for GPUs the
+    cluster does not have (Ray would hold them pending with no word); on a cluster that
+    may grow, a warning."""
+    each = {"caption": settings.gpus_per_actor, **{s.stage: s.resources.gpus_per_actor for s in settings.stages}}
+    wanted = {("captioner" if name == "caption" else name): (n, each[name]) for name, n in sizes.items()}
     if not any(gpus > 0 for _, gpus in wanted.values()):
         return
     nodes = [float(n.get("Resources", {}).get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
