@@ -27,25 +27,28 @@ class InflightLimits:
     calls return: the ahead limit becomes at least as many as were ahead then
     (:meth:`once_flowing`); that many already fit the budget.
 
-    Of the units ahead, at most ``decoding`` may not be decoded yet (0: no such limit), as
-    Ray starts worker processes for queued tasks. Decoded units still wait in the store up
-    to the budget. ``slots``: the decode tasks that can run at once, which the limits were
-    sized for (a run's pool of decode actors has that many). Why each rule:
-    docs/design/inflight-policy.md."""
+    ``slots``: the decode tasks that can run at once, which the limits were sized for (a
+    run's pool of decode actors has that many). Of the units ahead, at most ``decoding``
+    (two per slot) may not be decoded yet. Decoded units still wait in the store up to the
+    budget. Why each rule: docs/design/inflight-policy.md."""
 
     ahead: int
     budget: float
     ahead_cost: float = 1.0
     writing_cost: float = 1.0
-    decoding: int = 0
     slots: int = 1
+
+    @property
+    def decoding(self) -> int:
+        """Units ahead that may not be decoded yet: one running and one queued per slot."""
+        return UNDECODED_PER_SLOT * self.slots
 
     def admits(self, ahead: int, writing: int, flowing: bool, decoding: int = 0) -> bool:
         """Whether one more unit may go: ``ahead`` and ``writing`` are in the air now,
         ``decoding`` of those ahead not decoded yet; ``flowing``: a caption call has returned."""
         if flowing and ahead >= self.ahead:
             return False
-        if self.decoding and decoding >= self.decoding:
+        if decoding >= self.decoding:
             return False
         return (ahead + 1) * self.ahead_cost + writing * self.writing_cost <= self.budget
 
@@ -87,13 +90,11 @@ def inflight_limits(
     of the decode slots standing idle. Bounded either way, so memory does not grow with the
     corpus. Input sizes unknown: at most the ahead limit in the air, writing or not. Why:
     docs/design/inflight-policy.md and docs/design/store-fraction.md."""
-    decoding = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, writers_cpus)
-    ahead = 2 * (decoding + n_actors)
+    slots = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, writers_cpus)
+    ahead = 2 * (slots + n_actors)
     floor = n_actors + 1
     if not unit_bytes or store_bytes <= 0:
-        return InflightLimits(
-            max(floor, ahead), float(max(floor, ahead)), decoding=UNDECODED_PER_SLOT * decoding, slots=decoding
-        )
+        return InflightLimits(max(floor, ahead), float(max(floor, ahead)), slots=slots)
     budget = store_fraction * store_bytes / unit_bytes  # in units of one unit's input bytes
     ahead = max(floor, min(ahead, int(budget / 3)))
     return InflightLimits(
@@ -101,8 +102,7 @@ def inflight_limits(
         max(budget, 3.0 * ahead),
         ahead_cost=3.0,
         writing_cost=1.0,
-        decoding=UNDECODED_PER_SLOT * decoding,
-        slots=decoding,
+        slots=slots,
     )
 
 
@@ -129,7 +129,7 @@ def limits_for(
     cpus = float(resources.get("CPU", 1.0))
     if max_inflight:
         slots = decode_slots(cpus, n_actors, actor_cpus, decode_cpus, other_cpus)
-        return InflightLimits(max_inflight, float(max_inflight), decoding=UNDECODED_PER_SLOT * slots, slots=slots)
+        return InflightLimits(max_inflight, float(max_inflight), slots=slots)
     return inflight_limits(
         cpus,
         float(resources.get("object_store_memory", 0.0)),
