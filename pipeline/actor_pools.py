@@ -1,9 +1,10 @@
 """A pool of identical Ray actors for one model stage of a run (the captioner, a rewriter,
-a filter): made at the start, handed units round robin, waited for after one dies (Ray
-restarts it) or replaced where it cannot come back, killed at the end."""
+a filter): made at the start, handed units round robin, left out while one that died comes
+back (Ray restarts it) and replaced where it does not come back in time, killed at the end."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,18 +15,25 @@ RECOVERY_S = 120.0
 
 
 class ActorPool:
+    """Actors made by ``make``, each with an ``info()`` method (an actor that answers it is
+    up). Nothing here waits: the driver's loop keeps serving the other units while an actor
+    comes back."""
+
     def __init__(self, name: str, make: Callable[[], Any], size: int):
         self.name = name
         self._make = make
         self.actors = [make() for _ in range(size)]
         self._next = 0
+        # index -> (its info() call since it died, when it began coming back)
+        self._coming_back: dict[int, tuple[ray.ObjectRef, float]] = {}
 
     def __len__(self) -> int:
         return len(self.actors)
 
     def take(self) -> int:
-        """The next actor's index, round robin."""
-        index = self._next % len(self.actors)
+        """The next actor's index, round robin over the actors that are up."""
+        up = self.up_indices()
+        index = up[self._next % len(up)]
         self._next += 1
         return index
 
@@ -37,13 +45,42 @@ class ActorPool:
         return frozenset(actor._actor_id.hex() for actor in self.actors)
 
     def recover(self, index: int) -> None:
-        """Wait until Ray has restarted actor ``index`` (so retried units do not fail again
-        on the dead process), or replace it if it cannot come back."""
-        try:
-            ray.get(self.actors[index].info.remote(), timeout=RECOVERY_S)
-        except Exception:
-            ray.kill(self.actors[index])
-            self.actors[index] = self._make()
+        """Leave actor ``index`` out until it answers again (Ray restarts it; its calls
+        queue meanwhile); one that has not answered within ``RECOVERY_S`` (its node lost
+        and no room elsewhere) is replaced by a new actor. Does not wait."""
+        if index not in self._coming_back:
+            self._coming_back[index] = (self.actors[index].info.remote(), time.monotonic())
+
+    def up_indices(self) -> list[int]:
+        """The indices of the actors that are up, or of all of them where none is (their
+        calls then queue until one comes back)."""
+        self._welcome_back()
+        return [i for i in range(len(self.actors)) if i not in self._coming_back] or list(range(len(self.actors)))
+
+    def up(self) -> int:
+        """How many actors are handed units as up."""
+        self._welcome_back()
+        return len(self.actors) - len(self._coming_back)
+
+    def _welcome_back(self) -> None:
+        if not self._coming_back:
+            return
+        refs = [ref for ref, _ in self._coming_back.values()]
+        answered, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        now = time.monotonic()
+        for index, (ref, since) in list(self._coming_back.items()):
+            if ref in answered:
+                try:
+                    ray.get(ref)
+                    del self._coming_back[index]
+                    continue
+                except Exception:  # it died again meanwhile: ask again
+                    ref = self.actors[index].info.remote()
+            if now - since > RECOVERY_S:
+                ray.kill(self.actors[index])
+                self.actors[index] = self._make()
+                ref, since = self.actors[index].info.remote(), now
+            self._coming_back[index] = (ref, since)
 
     def restart(self, index: int) -> None:
         """Kill actor ``index`` for Ray to restart (one stuck in a call cannot be cancelled;

@@ -44,13 +44,10 @@ class DecodeActor:
 
 
 class DecodePool(ActorPool):
-    """Decode actors, each unit to the one with the fewest units handed to it and not yet
-    decoded (:meth:`take` counts one on, :meth:`finished` one off).
-
-    An actor that died is left out until it answers again (:meth:`recover` does not wait):
-    Ray restarts it where a node has a CPU for it, and one that cannot come back (its node
-    lost, no CPU left elsewhere) is simply not handed units, where a task would have run
-    on the nodes that are left."""
+    """Decode actors, each unit to the one that is up with the fewest units handed to it
+    and not yet decoded (:meth:`take` counts one on, :meth:`finished` one off). One that
+    died is left out while it comes back, and replaced where it does not
+    (:meth:`ActorPool.recover`)."""
 
     def __init__(self, size: int, decode_cpus: float):
         cls = ray.remote(DecodeActor).options(
@@ -62,41 +59,15 @@ class DecodePool(ActorPool):
         )
         super().__init__(DECODE, cls.remote, size)
         self._queued = [0] * size
-        self._coming_back: dict[int, ray.ObjectRef] = {}  # index -> its info() call since it died
 
     def take(self) -> int:
-        self._welcome_back()
-        up = [i for i in range(len(self.actors)) if i not in self._coming_back] or list(range(len(self.actors)))
-        index = min(up, key=self._queued.__getitem__)
+        index = min(self.up_indices(), key=self._queued.__getitem__)
         self._queued[index] += 1
         return index
 
     def finished(self, index: int) -> None:
         """A unit that actor ``index`` was handed is decoded, failed or given up."""
         self._queued[index] = max(0, self._queued[index] - 1)
-
-    def recover(self, index: int) -> None:
-        """Leave actor ``index`` out until it answers (Ray restarts it)."""
-        if index not in self._coming_back:
-            self._coming_back[index] = self.actors[index].info.remote()
-
-    def up(self) -> int:
-        """How many actors are handed units."""
-        self._welcome_back()
-        return len(self.actors) - len(self._coming_back)
-
-    def _welcome_back(self) -> None:
-        if not self._coming_back:
-            return
-        answered, _ = ray.wait(list(self._coming_back.values()), num_returns=len(self._coming_back), timeout=0)
-        for index, ref in list(self._coming_back.items()):
-            if ref not in answered:
-                continue
-            try:
-                ray.get(ref)
-                del self._coming_back[index]
-            except Exception:  # it died again meanwhile: ask again
-                self._coming_back[index] = self.actors[index].info.remote()
 
     def close(self) -> None:
         """Ends the actors once their queued units are done (``actor_pools.end_actors``),
