@@ -45,15 +45,16 @@ class ActorPool:
         return frozenset(actor._actor_id.hex() for actor in self.actors)
 
     def recover(self, index: int) -> None:
-        """Leave actor ``index`` out until it answers again (Ray restarts it; its calls
-        queue meanwhile); one that has not answered within ``RECOVERY_S`` (its node lost
-        and no room elsewhere) is replaced by a new actor. Does not wait."""
+        """Leave actor ``index`` out until it answers again (Ray restarts it; a call to an
+        actor that is restarting fails at once); one that has not answered within
+        ``RECOVERY_S`` (its node lost and no room elsewhere) is replaced by a new actor,
+        up at once (calls to an actor not yet started wait for it). Does not wait."""
         if index not in self._coming_back:
             self._coming_back[index] = (self.actors[index].info.remote(), time.monotonic())
 
     def up_indices(self) -> list[int]:
-        """The indices of the actors that are up, or of all of them where none is (their
-        calls then queue until one comes back)."""
+        """The indices of the actors that are up, or of all of them where none is (a
+        caller that must not fail a unit checks :meth:`up` first)."""
         self._welcome_back()
         return [i for i in range(len(self.actors)) if i not in self._coming_back] or list(range(len(self.actors)))
 
@@ -76,10 +77,11 @@ class ActorPool:
                     continue
                 except Exception:  # it died again meanwhile: ask again
                     ref = self.actors[index].info.remote()
-            if now - since > RECOVERY_S:
+            if now - since > RECOVERY_S:  # replaced: a new actor's calls wait for its start
                 ray.kill(self.actors[index])
                 self.actors[index] = self._make()
-                ref, since = self.actors[index].info.remote(), now
+                del self._coming_back[index]
+                continue
             self._coming_back[index] = (ref, since)
 
     def restart(self, index: int) -> None:

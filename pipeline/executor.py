@@ -358,13 +358,20 @@ def run_units(
         else:
             flight.batch = None  # read and to be written: nothing decodes
 
+    def pools_up() -> bool:
+        """Each pool a unit goes through has an actor up: a call to an actor that Ray is
+        restarting fails at once, so a unit waits here until one is back (or replaced)."""
+        return all(pool.up() for pool in pools.values()) and (decoders is None or decoders.up() > 0)
+
     try:
         while pending or flights:
             while pending:
                 ahead, writing, undecoded = counts()
-                if not limits.admits(ahead, writing, flowing, undecoded):
+                if not limits.admits(ahead, writing, flowing, undecoded) or not pools_up():
                     break
                 submit(*pending.popleft())
+            if not waiting:  # units wait for an actor to come back, nothing else is in the air
+                time.sleep(0.05)
             for ref in _ready(list(waiting)):
                 found = waiting.pop(ref, None)
                 if found is None:  # its unit already ended (a failed call ends it early)

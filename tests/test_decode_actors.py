@@ -137,8 +137,8 @@ def test_a_decode_actor_that_died_gets_no_units_until_it_answers_again(ray_local
 
 def test_an_actor_that_does_not_come_back_is_replaced_without_the_driver_waiting(ray_local, monkeypatch):
     """An actor Ray cannot restart (here: killed for good) is left out, and once it has not
-    answered within the recovery time, a new actor takes its place; recover() and take()
-    return at once meanwhile."""
+    answered within the recovery time, a new actor takes its place and is handed units;
+    recover() and take() return at once meanwhile."""
     from tagcap.pipeline import actor_pools
 
     monkeypatch.setattr(actor_pools, "RECOVERY_S", 1.0)
@@ -150,10 +150,11 @@ def test_an_actor_that_does_not_come_back_is_replaced_without_the_driver_waiting
         pool.recover(0)
         assert pool.take() == 1 and pool.up() == 1
         assert time.monotonic() - began < 0.5  # nothing waited for the lost actor
-        while pool.up() < 2:  # replaced after RECOVERY_S, then up once the new one answers
+        while pool.up() < 2:  # replaced after RECOVERY_S, and up at once
             assert time.monotonic() - began < 60, "the lost actor was never replaced"
             time.sleep(0.05)
         assert pool[0] is not lost and time.monotonic() - began >= 1.0
+        assert pool.take() == 0  # the new one, the least queued
         assert ray_local.get(pool[0].info.remote()) != ray_local.get(pool[1].info.remote())
     finally:
         pool.close()
