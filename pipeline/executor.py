@@ -359,9 +359,12 @@ def run_units(
             flight.batch = None  # read and to be written: nothing decodes
 
     def pools_up() -> bool:
-        """Each pool a unit goes through has an actor up: a call to an actor that Ray is
-        restarting fails at once, so a unit waits here until one is back (or replaced)."""
-        return all(pool.up() for pool in pools.values()) and (decoders is None or decoders.up() > 0)
+        """Every actor of the model pools is up, and a decode actor is: a call to an actor
+        that Ray is restarting fails at once, so new units wait here until it is back (or
+        replaced), as the units in the air go on. (Sent to the model pools' other actors
+        meanwhile, a unit that hung its actor hangs the next, with the units queued behind
+        it.)"""
+        return all(pool.up() == len(pool) for pool in pools.values()) and (decoders is None or decoders.up() > 0)
 
     try:
         while pending or flights:
