@@ -26,6 +26,7 @@ class ActorPool:
         self._next = 0
         # index -> (its info() call since it died, when it began coming back)
         self._coming_back: dict[int, tuple[ray.ObjectRef, float]] = {}
+        self._retired: set[int] = set()  # ended for good (:meth:`retire`); indices stay put
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -49,19 +50,36 @@ class ActorPool:
         actor that is restarting fails at once); one that has not answered within
         ``RECOVERY_S`` (its node lost and no room elsewhere) is replaced by a new actor,
         up at once (calls to an actor not yet started wait for it). Does not wait."""
-        if index not in self._coming_back:
+        if index not in self._coming_back and index not in self._retired:
             self._coming_back[index] = (self.actors[index].info.remote(), time.monotonic())
 
+    def retire(self, index: int) -> None:
+        """End actor ``index`` for good (Ray frees what it reserved); it is never handed a
+        unit again and the other actors keep their indices."""
+        ray.kill(self.actors[index], no_restart=True)
+        self._retired.add(index)
+        self._coming_back.pop(index, None)
+
+    def live_indices(self) -> list[int]:
+        """The indices of the actors not retired, up or coming back."""
+        return [i for i in range(len(self.actors)) if i not in self._retired]
+
     def up_indices(self) -> list[int]:
-        """The indices of the actors that are up, or of all of them where none is (a
+        """The indices of the actors that are up, or of every live one where none is (a
         caller that must not fail a unit checks :meth:`up` first)."""
         self._welcome_back()
-        return [i for i in range(len(self.actors)) if i not in self._coming_back] or list(range(len(self.actors)))
+        live = self.live_indices()
+        return [i for i in live if i not in self._coming_back] or live
 
     def up(self) -> int:
         """How many actors are handed units as up."""
         self._welcome_back()
-        return len(self.actors) - len(self._coming_back)
+        return len(self.actors) - len(self._coming_back) - len(self._retired)
+
+    def coming_back(self) -> list[int]:
+        """The indices of the actors that died and have not answered since."""
+        self._welcome_back()
+        return list(self._coming_back)
 
     def _welcome_back(self) -> None:
         if not self._coming_back:
@@ -90,8 +108,8 @@ class ActorPool:
         ray.kill(self.actors[index], no_restart=False)
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        for index in self.live_indices():
+            ray.kill(self.actors[index])
 
 
 def end_actors(handles: list[Any], wait_s: float = 5.0) -> None:

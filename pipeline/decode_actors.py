@@ -69,7 +69,21 @@ class DecodePool(ActorPool):
         """A unit that actor ``index`` was handed is decoded, failed or given up."""
         self._queued[index] = max(0, self._queued[index] - 1)
 
+    def shrink_to(self, size: int) -> int:
+        """Retire actors until at most ``size`` (at least one) are left, where that can be
+        done without failing a unit: first those coming back (an actor lost with its node
+        waits for a CPU that the rest of the run needs), then idle ones, the last first. A
+        busy actor is left for a later call. Returns how many are left."""
+        live = self.live_indices()
+        idle = [i for i in reversed(live) if self._queued[i] == 0 and i not in self.coming_back()]
+        for index in [*self.coming_back(), *idle]:
+            if len(live) <= max(1, size):
+                break
+            self.retire(index)
+            live.remove(index)
+        return len(live)
+
     def close(self) -> None:
         """Ends the actors once their queued units are done (``actor_pools.end_actors``),
         so that their calls stay in Ray's timeline."""
-        end_actors(self.actors)
+        end_actors([self.actors[i] for i in self.live_indices()])

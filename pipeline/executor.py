@@ -366,8 +366,27 @@ def run_units(
         it.)"""
         return all(pool.up() == len(pool) for pool in pools.values()) and (decoders is None or decoders.up() > 0)
 
+    # What the actors of the model pools and the writers hold, all together.
+    held_cpus = (len(captioners) * caption_cpus if captioners else 0.0) + stage_cpus + writers.reserved_cpus
+    fitted_at = 0.0
+
+    def fit_decoders() -> None:
+        """While an actor is coming back: no more decode actors than the cluster's CPUs
+        now leave room for beside the other actors (a node lost, the actors that were on
+        it wait for CPUs that decode actors hold on the nodes left). Asked at most once a
+        second."""
+        nonlocal fitted_at
+        if decoders is None or settings.decode_cpus <= 0 or time.monotonic() - fitted_at < 1.0:
+            return
+        if not decoders.coming_back() and all(not pool.coming_back() for pool in pools.values()):
+            return
+        fitted_at = time.monotonic()
+        room = float(ray.cluster_resources().get("CPU", 0.0)) - held_cpus
+        decoders.shrink_to(int(room / settings.decode_cpus))
+
     try:
         while pending or flights:
+            fit_decoders()
             while pending:
                 ahead, writing, undecoded = counts()
                 if not limits.admits(ahead, writing, flowing, undecoded) or not pools_up():

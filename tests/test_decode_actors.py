@@ -158,3 +158,25 @@ def test_an_actor_that_does_not_come_back_is_replaced_without_the_driver_waiting
         assert ray_local.get(pool[0].info.remote()) != ray_local.get(pool[1].info.remote())
     finally:
         pool.close()
+
+
+def test_the_pool_shrinks_by_its_lost_and_idle_actors_never_a_busy_one(ray_local):
+    """What a run does when a node is lost and the cluster has fewer CPUs: the actor coming
+    back goes first, then idle ones; one with a unit queued stays; at least one is left."""
+    pool = DecodePool(3, decode_cpus=0.1)
+    try:
+        idle = pool[2]
+        ray_local.kill(pool[0], no_restart=True)
+        pool.recover(0)
+        assert pool.take() == 1  # queued on actor 1: busy
+        assert pool.shrink_to(1) == 1
+        assert pool.live_indices() == [1] and pool.up() == 1 and pool.coming_back() == []
+        with pytest.raises(ray_local.exceptions.RayActorError):  # ended for good, its CPU freed
+            ray_local.get(idle.info.remote(), timeout=30)
+        pool.recover(2)  # a retired actor is not waited for
+        assert pool.coming_back() == [] and pool.take() == 1
+        pool.finished(1)
+        pool.finished(1)
+        assert pool.shrink_to(0) == 1  # never below one
+    finally:
+        pool.close()
