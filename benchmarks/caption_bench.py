@@ -759,6 +759,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # Two captioner actors sharing the one GPU, each with its own process (its own GIL and
     # CUDA graphs), in place of one actor's two call threads.
     "2actors": (("--actors", "2"), {}),
+    # Decode actors of 0.8 CPU each (20 on 16 cores, in place of 16): where decoding limits
+    # and its actors leave cores idle while they read or hand a unit over.
+    "decode20": (("--decode-cpus", "0.8"), {}),
     # Three calls at once in the one captioner actor, in place of the captioner's two.
     "threads3": (("--actor-threads", "3"), {}),
     # The writer pool: a writer per 4 CPUs (4 on 16), or 8 writes at once in each.
