@@ -47,7 +47,8 @@ class DecodePool(ActorPool):
     """Decode actors, each unit to the one that is up with the fewest units handed to it
     and not yet decoded (:meth:`take` counts one on, :meth:`finished` one off). One that
     died is left out while it comes back, and replaced where it does not
-    (:meth:`ActorPool.recover`)."""
+    (:meth:`ActorPool.recover`). The pool follows the cluster's CPUs: :meth:`grow_to` where
+    nodes join, :meth:`shrink_to` where they are lost."""
 
     def __init__(self, size: int, decode_cpus: float):
         cls = ray.remote(DecodeActor).options(
@@ -68,6 +69,15 @@ class DecodePool(ActorPool):
     def finished(self, index: int) -> None:
         """A unit that actor ``index`` was handed is decoded, failed or given up."""
         self._queued[index] = max(0, self._queued[index] - 1)
+
+    def grow_to(self, size: int) -> int:
+        """Add actors until ``size`` are live (a node joined: its CPUs decode too); they
+        take units at once (calls to an actor not yet started wait for it). Returns how
+        many are live."""
+        while len(self.live_indices()) < size:
+            self.actors.append(self._make())
+            self._queued.append(0)
+        return len(self.live_indices())
 
     def shrink_to(self, size: int) -> int:
         """Retire actors until at most ``size`` (at least one) are left, where that can be

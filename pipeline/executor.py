@@ -24,13 +24,13 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 
 from tagcap.pipeline.actor_pools import ActorPool
-from tagcap.pipeline.admission import InflightLimits, actor_cpus, gpu_shortfall, limits_for
+from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, gpu_shortfall, limits_for
 from tagcap.pipeline.decode_actors import DECODE, DecodePool
 from tagcap.pipeline.failures import WRITER, describe_error, pools_to_recover
 from tagcap.pipeline.shard_writers import WriterPool
@@ -243,9 +243,9 @@ def run_units(
     )
     pools, caption_cpus, stage_cpus = _pools(settings, len(units), writers.reserved_cpus)
     captioners = pools.get("caption")
-    limits: InflightLimits = _inflight_limits(
-        settings, len(captioners) if captioners else 1, caption_cpus, writers.reserved_cpus + stage_cpus
-    )
+    n_captioners = len(captioners) if captioners else 1
+    other_cpus = writers.reserved_cpus + stage_cpus
+    limits: InflightLimits = _inflight_limits(settings, n_captioners, caption_cpus, other_cpus)
     segments_ref = ray.put(segments)
     labels_ref = ray.put(labels)
     exclusions_ref = ray.put(exclusions) if exclusions else None
@@ -366,23 +366,33 @@ def run_units(
         it.)"""
         return all(pool.up() == len(pool) for pool in pools.values()) and (decoders is None or decoders.up() > 0)
 
-    # What the actors of the model pools and the writers hold, all together.
-    held_cpus = (len(captioners) * caption_cpus if captioners else 0.0) + stage_cpus + writers.reserved_cpus
-    fitted_at = 0.0
+    fitted_at = time.monotonic()
 
     def fit_decoders() -> None:
-        """While an actor is coming back: no more decode actors than the cluster's CPUs
-        now leave room for beside the other actors (a node lost, the actors that were on
-        it wait for CPUs that decode actors hold on the nodes left). Asked at most once a
-        second."""
-        nonlocal fitted_at
-        if decoders is None or settings.decode_cpus <= 0 or time.monotonic() - fitted_at < 1.0:
+        """The decode pool follows the cluster's CPUs (what they leave beside the other
+        actors), asked every ``tuning.cluster_check_s`` and every second while an actor is coming
+        back: shrunk where a node was lost (the actors that were on it wait for CPUs that
+        decode actors hold on the nodes left), grown where one joined, and the admission
+        limits with it."""
+        nonlocal fitted_at, limits
+        if decoders is None or settings.decode_cpus <= 0:
             return
-        if not decoders.coming_back() and all(not pool.coming_back() for pool in pools.values()):
+        since = time.monotonic() - fitted_at
+        if since < min(1.0, tuning.cluster_check_s):
+            return
+        troubled = bool(decoders.coming_back()) or any(pool.coming_back() for pool in pools.values())
+        if not troubled and since < tuning.cluster_check_s:
             return
         fitted_at = time.monotonic()
-        room = float(ray.cluster_resources().get("CPU", 0.0)) - held_cpus
-        decoders.shrink_to(int(room / settings.decode_cpus))
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        want = min(decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, other_cpus), len(units))
+        live = len(decoders.live_indices())
+        if want == live:
+            return
+        live = decoders.grow_to(want) if want > live else decoders.shrink_to(want)
+        resized = _inflight_limits(settings, n_captioners, caption_cpus, other_cpus)
+        limits = resized.once_flowing(counts()[0]) if flowing else resized
+        limits = replace(limits, slots=live)
 
     try:
         while pending or flights:

@@ -51,6 +51,9 @@ class Tuning:
     # Shard writer: hand each this many MB of a tar to the disk as it is written (0: all
     # of it at the fsync that publishes the tar).
     writeback_mb: float = 64.0
+    # Driver: how often (seconds) the decode pool is fitted to the cluster's CPUs, nodes
+    # joining or lost (every second while an actor is coming back).
+    cluster_check_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.store_fraction <= 1.0:
@@ -65,6 +68,8 @@ class Tuning:
             raise ValueError(f"tuning.idle_workers must be >= 0 or none, got {self.idle_workers!r}")
         if self.writeback_mb < 0:
             raise ValueError(f"tuning.writeback_mb must be >= 0, got {self.writeback_mb!r}")
+        if self.cluster_check_s <= 0:
+            raise ValueError(f"tuning.cluster_check_s must be > 0, got {self.cluster_check_s!r}")
 
     @property
     def writeback_bytes(self) -> int:

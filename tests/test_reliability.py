@@ -225,3 +225,53 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
         check_output(str(out), expected_inputs=12)
     finally:
         cluster.shutdown()
+
+
+def _decode_actors_under(node) -> int:
+    """Decode actor processes that a node of a ``ray.cluster_utils.Cluster`` runs (its
+    raylet's children, named ``ray::DecodeActor``)."""
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    found = 0
+    for child in raylet.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found += "DecodeActor" in " ".join(child.cmdline())
+    return found
+
+
+def test_a_node_that_joins_mid_run_decodes_too(ray_local, slow_sample, tmp_path, monkeypatch):
+    """A run on a one-node cluster (2 CPUs: its captioner and one decode actor) that gains a
+    node mid-run adds decode actors on it, and writes the bytes of an undisturbed run."""
+    from ray.cluster_utils import Cluster
+
+    from tagcap.pipeline.caption import run_caption
+    from tests.helpers import SLOW_TEMPLATE, sample_config, tar_digests
+
+    ref = tmp_path / "ref"
+    assert run_caption(sample_config(slow_sample, ref, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
+    # The cluster's processes (not the driver's) run the captioner: they take the slowdown.
+    monkeypatch.setenv("SLOW_TEMPLATE_SLEEP", "1.5")
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        out = tmp_path / "out"
+        config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=1.5)
+        proc = start_caption(config, env, "--ray-address", cluster.address, "--tuning", "cluster_check_s=0.5")
+        assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
+        joined = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
+        # Its two CPUs decode: two decode actors there (nothing else of the run's needs a CPU).
+        grew = _wait_for(lambda: _decode_actors_under(joined) == 2, timeout=60)
+        still_running = proc.poll() is None
+        try:
+            status = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = None
+        assert status == 0, proc.stderr.read().decode()[-6000:]
+        assert grew and still_running, proc.stderr.read().decode()[-6000:]
+        assert tar_digests(str(out)) == tar_digests(str(ref))
+        check_output(str(out), expected_inputs=12)
+    finally:
+        cluster.shutdown()
