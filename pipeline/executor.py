@@ -15,7 +15,8 @@ shard writers (``pipeline.shard_writers``); this module schedules. It hands each
 their pools' actors round robin and, once its last stage has returned, its write to a writer
 near its payload; a unit whose chain failed (a task error, a dead actor, a lost node) is
 retried up to ``max_attempts`` times before its shard is reported failed with the last
-error; the other shards go on.
+error; the other shards go on. The decode pool is fitted to the cluster's CPUs as the run
+goes (nodes joining or lost); the other pools keep the size they started with.
 """
 
 from __future__ import annotations
