@@ -16,7 +16,8 @@ their pools' actors round robin and, once its last stage has returned, its write
 near its payload; a unit whose chain failed (a task error, a dead actor, a lost node) is
 retried up to ``max_attempts`` times before its shard is reported failed with the last
 error; the other shards go on. The decode pool is fitted to the cluster's CPUs as the run
-goes (nodes joining or lost); the other pools keep the size they started with.
+goes (nodes joining or lost), and a node that joins gets shard writers; the model stages'
+pools keep the size they started with.
 """
 
 from __future__ import annotations
@@ -369,23 +370,26 @@ def run_units(
 
     fitted_at = time.monotonic()
 
-    def fit_decoders() -> None:
-        """The decode pool follows the cluster's CPUs (what they leave beside the other
-        actors), asked every ``tuning.cluster_check_s`` and every second while an actor is coming
-        back: shrunk where a node was lost (the actors that were on it wait for CPUs that
-        decode actors hold on the nodes left), grown where one joined, and the admission
-        limits with it."""
-        nonlocal fitted_at, limits
-        if decoders is None or settings.decode_cpus <= 0:
-            return
+    def fit_to_cluster() -> None:
+        """The run follows the cluster's CPUs, asked every ``tuning.cluster_check_s`` and
+        every second while an actor is coming back: a node that joined gets shard writers
+        and decode actors for its CPUs; where a node was lost, the decode pool shrinks to
+        what the nodes left hold beside the other actors (the actors that were on it wait
+        for CPUs that decode actors hold there). The admission limits follow the decode
+        pool."""
+        nonlocal fitted_at, limits, other_cpus
         since = time.monotonic() - fitted_at
         if since < min(1.0, tuning.cluster_check_s):
             return
-        troubled = bool(decoders.coming_back()) or any(pool.coming_back() for pool in pools.values())
+        troubled = any(pool.coming_back() for pool in pools.values()) or bool(decoders and decoders.coming_back())
         if not troubled and since < tuning.cluster_check_s:
             return
         fitted_at = time.monotonic()
+        if writers.add_joined_nodes():
+            other_cpus = writers.reserved_cpus + stage_cpus
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if decoders is None or settings.decode_cpus <= 0:
+            return
         want = min(decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, other_cpus), len(units))
         live = len(decoders.live_indices())
         if want == live:
@@ -397,7 +401,7 @@ def run_units(
 
     try:
         while pending or flights:
-            fit_decoders()
+            fit_to_cluster()
             while pending:
                 ahead, writing, undecoded = counts()
                 if not limits.admits(ahead, writing, flowing, undecoded) or not pools_up():

@@ -100,6 +100,7 @@ class WriterPool:
         self._cls = ray.remote(ShardWriter)
         self._cpus_each = cpus_each
         self._writes_each = writes_per_writer
+        self._cpus_per_writer = cpus_per_writer
         self._nodes = [node for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))]
         if not self._nodes:
             raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
@@ -115,6 +116,21 @@ class WriterPool:
     def reserved_cpus(self) -> float:
         """The CPUs the writers hold from Ray, all together."""
         return len(self._nodes) * self._cpus_each
+
+    def add_joined_nodes(self) -> int:
+        """Start writers on every live node with CPUs that has none (one that joined after
+        the start), as many as :func:`writers_per_node` gives it; returns how many. A
+        started pool only."""
+        have = {w.node for w in self.writers}
+        added = [
+            node
+            for node, cpus in _cpu_nodes()
+            if node not in have
+            for _ in range(writers_per_node(cpus, self._cpus_per_writer))
+        ]
+        self._nodes.extend(added)
+        self.writers.extend(self._writer(node) for node in added)
+        return len(added)
 
     def _writer(self, node: str) -> _Writer:
         return _Writer(self._start(node), node)

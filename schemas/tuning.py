@@ -51,8 +51,9 @@ class Tuning:
     # Shard writer: hand each this many MB of a tar to the disk as it is written (0: all
     # of it at the fsync that publishes the tar).
     writeback_mb: float = 64.0
-    # Driver: how often (seconds) the decode pool is fitted to the cluster's CPUs, nodes
-    # joining or lost (every second while an actor is coming back).
+    # Driver: how often (seconds) the run is fitted to the cluster's CPUs, nodes joining
+    # (writers, decode actors) or lost (decode actors; every second while an actor is
+    # coming back).
     cluster_check_s: float = 5.0
 
     def __post_init__(self) -> None:

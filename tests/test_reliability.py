@@ -227,20 +227,21 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
         cluster.shutdown()
 
 
-def _decode_actors_under(node) -> int:
-    """Decode actor processes that a node of a ``ray.cluster_utils.Cluster`` runs (its
-    raylet's children, named ``ray::DecodeActor``)."""
+def _actors_under(node, name: str) -> int:
+    """Processes of actor class ``name`` that a node of a ``ray.cluster_utils.Cluster`` runs
+    (its raylet's children, named ``ray::NAME``)."""
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
     found = 0
     for child in raylet.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            found += "DecodeActor" in " ".join(child.cmdline())
+            found += f"ray::{name}" in " ".join(child.cmdline())
     return found
 
 
-def test_a_node_that_joins_mid_run_decodes_too(ray_local, slow_sample, tmp_path, monkeypatch):
+def test_a_node_that_joins_mid_run_decodes_and_writes_too(ray_local, slow_sample, tmp_path, monkeypatch):
     """A run on a one-node cluster (2 CPUs: its captioner and one decode actor) that gains a
-    node mid-run adds decode actors on it, and writes the bytes of an undisturbed run."""
+    node mid-run adds decode actors and a shard writer on it, and writes the bytes of an
+    undisturbed run."""
     from ray.cluster_utils import Cluster
 
     from tagcap.pipeline.caption import run_caption
@@ -261,8 +262,11 @@ def test_a_node_that_joins_mid_run_decodes_too(ray_local, slow_sample, tmp_path,
         proc = start_caption(config, env, "--ray-address", cluster.address, "--tuning", "cluster_check_s=0.5")
         assert _wait_for(lambda: len(glob.glob(str(out / "*.stats.json"))) >= 1, timeout=120)
         joined = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
-        # Its two CPUs decode: two decode actors there (nothing else of the run's needs a CPU).
-        grew = _wait_for(lambda: _decode_actors_under(joined) == 2, timeout=60)
+        # Its two CPUs decode: two decode actors there (nothing else of the run's needs a
+        # CPU), and it gets a shard writer of its own.
+        grew = _wait_for(
+            lambda: _actors_under(joined, "DecodeActor") == 2 and _actors_under(joined, "ShardWriter") == 1, timeout=60
+        )
         still_running = proc.poll() is None
         try:
             status = proc.wait(timeout=180)
