@@ -35,7 +35,7 @@ from tagcap.pipeline.actor_pools import ActorPool
 from tagcap.pipeline.admission import InflightLimits, actor_cpus, decode_slots, gpu_shortfall, limits_for
 from tagcap.pipeline.decode_actors import DECODE, DecodePool
 from tagcap.pipeline.failures import WRITER, describe_error, pools_to_recover
-from tagcap.pipeline.shard_writers import WriterPool
+from tagcap.pipeline.shard_writers import WriterPool, cpu_nodes
 from tagcap.pipeline.stage_actors import caption_actor_class, stage_actor_class
 from tagcap.schemas.audioset import LabelMap, SegmentTable
 from tagcap.schemas.layout import OutputLayout
@@ -101,7 +101,8 @@ class ExecutionSettings:
     # and no captioner runs (the corpus holds the caption stage's results).
     from_corpus: bool = False
     # A joined cluster, which may add nodes (an autoscaler): actors asking for GPUs it does
-    # not have yet are waited for. False (the embedded Ray): they are an error at once.
+    # not have yet, and a first node with CPUs, are waited for. False (the embedded Ray):
+    # they are an error at once.
     cluster_grows: bool = False
 
     @property
@@ -215,6 +216,20 @@ def _check_gpus(settings: ExecutionSettings, sizes: dict[str, int]) -> None:
     print(f"warning: {short}: waiting for the cluster to add them", file=sys.stderr, flush=True)
 
 
+def _wait_for_cpus(settings: ExecutionSettings, poll_s: float = 1.0) -> None:
+    """On a cluster that may grow, wait (said once) until a node with CPUs is up: a head
+    started with none, its workers yet to join. Elsewhere there is nothing to wait for (the
+    shard writers' pool says so)."""
+    said = False
+    while settings.cluster_grows and not cpu_nodes():
+        if not said:
+            print(
+                "warning: the cluster has no node with CPUs yet: waiting for one to join", file=sys.stderr, flush=True
+            )
+            said = True
+        time.sleep(poll_s)
+
+
 def run_units(
     units: list[WorkUnit],
     settings: ExecutionSettings,
@@ -232,6 +247,7 @@ def run_units(
     if not units:
         return result
     tuning = settings.tuning
+    _wait_for_cpus(settings)
     # Started in the order they are first needed: the captioner (the longest start), the
     # decode actors, then the writers (first needed once a unit is captioned).
     writers = WriterPool(

@@ -64,7 +64,7 @@ def writers_per_node(cpus: float, cpus_per_writer: int = CPUS_PER_WRITER) -> int
     return max(1, round(cpus / cpus_per_writer))
 
 
-def _cpu_nodes() -> list[tuple[str, float]]:
+def cpu_nodes() -> list[tuple[str, float]]:
     """(node id, CPUs) of every live node that has CPUs."""
     nodes = []
     for node in ray.nodes():
@@ -101,7 +101,7 @@ class WriterPool:
         self._cpus_each = cpus_each
         self._writes_each = writes_per_writer
         self._cpus_per_writer = cpus_per_writer
-        self._nodes = [node for node, cpus in _cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))]
+        self._nodes = [node for node, cpus in cpu_nodes() for _ in range(writers_per_node(cpus, cpus_per_writer))]
         if not self._nodes:
             raise RuntimeError("the Ray cluster has no node with CPUs for the shard writers")
         self.writers: list[_Writer] = []
@@ -124,7 +124,7 @@ class WriterPool:
         have = {w.node for w in self.writers}
         added = [
             node
-            for node, cpus in _cpu_nodes()
+            for node, cpus in cpu_nodes()
             if node not in have
             for _ in range(writers_per_node(cpus, self._cpus_per_writer))
         ]
@@ -171,7 +171,7 @@ class WriterPool:
             ray.get(writer.handle.node.remote(), timeout=_RECOVERY_S)
         except Exception:
             ray.kill(writer.handle)
-            live = [node for node, _ in _cpu_nodes()]
+            live = [node for node, _ in cpu_nodes()]
             if not live:
                 raise RuntimeError("the Ray cluster has no node with CPUs left for the shard writers") from None
             node = writer.node if writer.node in live else min(live, key=self._writers_on)

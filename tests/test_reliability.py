@@ -16,7 +16,7 @@ from tagcap.pipeline.lock import OutputLease, OutputLocked
 from tagcap.pipeline.sample import write_sample
 from tagcap.schemas.layout import OutputLayout
 from tagcap.workers.storage import Storage
-from tests.helpers import check_output, cli_env, slow_caption_config, start_caption, tagcap_cmd
+from tests.helpers import check_output, cli_env, slow_caption_config, start_caption, tagcap_cmd, tar_digests
 
 
 def _wait_for(predicate, timeout=90.0):
@@ -185,22 +185,45 @@ def test_full_disk_publishes_nothing_partial(ray_local, tmp_path):
         subprocess.run(["umount", str(small)], check=False)
 
 
+def _reference_run(sample, tmp_path):
+    """The sample captioned by an undisturbed run (the template captioner, not slowed): the
+    bytes a disturbed run must match. Returns its output folder."""
+    from tagcap.pipeline.caption import run_caption
+    from tests.helpers import SLOW_TEMPLATE, sample_config
+
+    ref = tmp_path / "ref"
+    assert run_caption(sample_config(sample, ref, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
+    return ref
+
+
+def _loopback_cluster(head_cpus: int):
+    """A ``ray.cluster_utils.Cluster`` whose head is on 127.0.0.1 (nodes a test adds go on
+    127.0.0.2, so that a driver attaches to the head), not connected to this process."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": head_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+
+
+def _exit_status(proc, timeout: float):
+    """The process's exit status, or None where it ran past ``timeout`` (then killed, so
+    that what it said is there to read)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None
+
+
 def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
     """A two-node cluster on one machine (the worker node on 127.0.0.2, so the driver
     attaches to the head) loses its worker node mid-run: the job finishes on the head with
     the bytes of an undisturbed run."""
-    from ray.cluster_utils import Cluster
-
-    from tagcap.pipeline.caption import run_caption
-    from tests.helpers import SLOW_TEMPLATE, sample_config, tar_digests
-
-    ref = tmp_path / "ref"
-    assert run_caption(sample_config(slow_sample, ref, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
-    )
+    ref = _reference_run(slow_sample, tmp_path)
+    cluster = _loopback_cluster(head_cpus=2)
     worker = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
     try:
         out = tmp_path / "out"
@@ -214,11 +237,7 @@ def test_worker_node_removed_mid_run(ray_local, slow_sample, tmp_path):
         # many were done by then depends on how fast the machine ran the rest meanwhile).
         removed_at = len(glob.glob(str(out / "*.stats.json")))
         still_running = proc.poll() is None
-        try:
-            status = proc.wait(timeout=240)
-        except subprocess.TimeoutExpired:  # killed, so that what it said is there to read
-            proc.kill()
-            status = None
+        status = _exit_status(proc, timeout=240)
         assert status == 0, proc.stderr.read().decode()[-6000:]
         assert still_running and removed_at < 12, removed_at
         assert tar_digests(str(out)) == tar_digests(str(ref))
@@ -242,20 +261,10 @@ def test_a_node_that_joins_mid_run_decodes_and_writes_too(ray_local, slow_sample
     """A run on a one-node cluster (2 CPUs: its captioner and one decode actor) that gains a
     node mid-run adds decode actors and a shard writer on it, and writes the bytes of an
     undisturbed run."""
-    from ray.cluster_utils import Cluster
-
-    from tagcap.pipeline.caption import run_caption
-    from tests.helpers import SLOW_TEMPLATE, sample_config, tar_digests
-
-    ref = tmp_path / "ref"
-    assert run_caption(sample_config(slow_sample, ref, captioner=SLOW_TEMPLATE, captioner_options={"sleep": 0})) == 0
+    ref = _reference_run(slow_sample, tmp_path)
     # The cluster's processes (not the driver's) run the captioner: they take the slowdown.
     monkeypatch.setenv("SLOW_TEMPLATE_SLEEP", "1.5")
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
-    )
+    cluster = _loopback_cluster(head_cpus=2)
     try:
         out = tmp_path / "out"
         config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=1.5)
@@ -268,13 +277,33 @@ def test_a_node_that_joins_mid_run_decodes_and_writes_too(ray_local, slow_sample
             lambda: _actors_under(joined, "DecodeActor") == 2 and _actors_under(joined, "ShardWriter") == 1, timeout=60
         )
         still_running = proc.poll() is None
-        try:
-            status = proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            status = None
+        status = _exit_status(proc, timeout=180)
         assert status == 0, proc.stderr.read().decode()[-6000:]
         assert grew and still_running, proc.stderr.read().decode()[-6000:]
+        assert tar_digests(str(out)) == tar_digests(str(ref))
+        check_output(str(out), expected_inputs=12)
+    finally:
+        cluster.shutdown()
+
+
+def test_a_run_on_a_cluster_without_cpus_waits_for_a_node_to_join(ray_local, slow_sample, tmp_path):
+    """A head started with no CPUs (its workers yet to join, as an autoscaler's): the run
+    says it waits, and once a node with CPUs joins, it runs there to the end."""
+    ref = _reference_run(slow_sample, tmp_path)
+    cluster = _loopback_cluster(head_cpus=0)
+    try:
+        out = tmp_path / "out"
+        config, env = slow_caption_config(tmp_path, out, slow_sample, sleep=0)
+        proc = start_caption(config, env, "--ray-address", cluster.address)
+        said = b""
+        deadline = time.time() + 60
+        while b"waiting for one to join" not in said and time.time() < deadline and proc.poll() is None:
+            said += proc.stderr.read1(4096)
+        assert b"no node with CPUs yet" in said, said.decode()[-3000:]
+        assert proc.poll() is None and not glob.glob(str(out / "*.tar"))
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.2")
+        status = _exit_status(proc, timeout=180)
+        assert status == 0, (said + proc.stderr.read()).decode()[-6000:]
         assert tar_digests(str(out)) == tar_digests(str(ref))
         check_output(str(out), expected_inputs=12)
     finally:
