@@ -86,7 +86,7 @@ def make_inputs(folder: str, units: int) -> dict[str, str]:
     return paths
 
 
-def _caption_args(paths: dict[str, str], out: str) -> list[str]:
+def _caption_args(paths: dict[str, str], out: str, captioner: str = "template") -> list[str]:
     return [
         "--input",
         paths["shards"],
@@ -97,7 +97,7 @@ def _caption_args(paths: dict[str, str], out: str) -> list[str]:
         "--output",
         out,
         "--captioner",
-        "template",
+        captioner,
         "--no-progress",
     ]
 
@@ -199,6 +199,11 @@ def main() -> None:
     ap.add_argument("--run-units", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument(
+        "--blat",
+        action="store_true",
+        help="plan with a BLAT-size checkpoint (random weights; hashed on the driver as a run does), not template",
+    )
     ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe:
@@ -207,17 +212,23 @@ def main() -> None:
         return
 
     figures: dict[str, Any] = {"units": {}}
+    captioner = "template"
+    if args.blat:
+        from common import blat_checkpoint
+
+        captioner = "blat:" + blat_checkpoint(os.path.join(args.work, "blat-checkpoint"))
+        figures["captioner"] = "blat-size"
     for n in sorted(args.units):
         t0 = time.perf_counter()
         paths = make_inputs(os.path.join(args.work, f"in-{n}"), n)
         print(f"{n} units: inputs ready in {time.perf_counter() - t0:.1f} s", flush=True)
         out = os.path.join(args.work, f"out-{n}")
         entry: dict[str, Any] = {}
-        plans = [_probe("plan", _caption_args(paths, out)) for _ in range(args.repeats)]
+        plans = [_probe("plan", _caption_args(paths, out, captioner)) for _ in range(args.repeats)]
         entry["plan_seconds"] = _median(plans, "seconds")
         entry["plan_peak_rss_mb"] = _median(plans, "peak_rss_mb")
         entry["plan_peak_growth_mb"] = _median(plans, "peak_growth_mb")
-        if n in args.run_units:
+        if n in args.run_units and not args.blat:
             entry["run"] = _run_driver(_caption_args(paths, out))
             entry["resume"] = _run_driver(_caption_args(paths, out))
             print(f"{n} units: run {entry['run']['seconds']:.1f} s, resume {entry['resume']['seconds']:.1f} s")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -201,7 +202,17 @@ def prepare_run(config: CaptionConfig) -> Prepared:
             check_url(url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    stages = describe_stages(config)
+    # The models are described (their weights read and hashed: half a second for a
+    # BLAT-size captioner) on a thread while the metadata and the input are read; their
+    # errors come first, as when they were described first.
+    with ThreadPoolExecutor(1, thread_name_prefix="tagcap-describe") as pool:
+        described = pool.submit(_describe_models, config)
+        try:
+            labels, segments, digest, plan = _read_metadata_and_plan(config, storage)
+        except ConfigError:
+            described.result()
+            raise
+        stages, info = described.result()
     filter_params = next(
         (
             {"filter": "clap", "checkpoint_sha256": s.sha256, "rule": s.params["rule"]}
@@ -210,36 +221,6 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         ),
         None,
     )
-    try:
-        info = captioners.describe(config.captioner, _captioner_config(config))
-    except captioners.CaptionerSpecError as exc:
-        raise ConfigError(str(exc)) from None
-    digest: dict[str, str] = {}
-    label_bytes = _read(storage, config.labels, "label file")
-    digest[config.labels] = hashlib.sha256(label_bytes).hexdigest()
-    try:
-        labels = LabelMap.parse(label_bytes.decode("utf-8-sig"), config.labels)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"label file {config.labels}: {exc}") from None
-    tables = []
-    for url in config.segments:
-        raw = _read(storage, url, "segment CSV")
-        digest[url] = hashlib.sha256(raw).hexdigest()
-        table, report = parse_segments(raw.decode("utf-8-sig", errors="replace"), url, split=url.rsplit("/", 1)[-1])
-        if report.segments == 0:
-            raise ConfigError(f"segment CSV {url} holds no segments ({len(report.malformed)} malformed rows)")
-        if report.malformed or report.duplicates:
-            print(f"warning: {report.summary()}", file=sys.stderr)
-        tables.append(table)
-    segments = SegmentTable.concat(tables)
-
-    try:
-        plan = plan_units(config.input, storage, config.files_per_shard)
-    except PlanError as exc:
-        raise ConfigError(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot list the input: {exc}") from None
-
     exclusions = _exclusions(config, storage)
     listed = {"exclusions": [lst.describe() for lst in exclusions.lists]} if exclusions else {}
     identity = _identity(
@@ -265,6 +246,48 @@ def prepare_run(config: CaptionConfig) -> Prepared:
         stages,
         exclusions,
     )
+
+
+def _describe_models(config: CaptionConfig) -> tuple[tuple[StageInfo, ...], CaptionerInfo]:
+    """The stages after the captioner and the captioner, described; a ConfigError otherwise."""
+    stages = describe_stages(config)
+    try:
+        return stages, captioners.describe(config.captioner, _captioner_config(config))
+    except captioners.CaptionerSpecError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _read_metadata_and_plan(
+    config: CaptionConfig, storage: Storage
+) -> tuple[LabelMap, SegmentTable, dict[str, str], Plan]:
+    """The label map, the segments, the metadata files' sha256 by URL, and the plan of the
+    input; a ConfigError otherwise."""
+    digest: dict[str, str] = {}
+    label_bytes = _read(storage, config.labels, "label file")
+    digest[config.labels] = hashlib.sha256(label_bytes).hexdigest()
+    try:
+        labels = LabelMap.parse(label_bytes.decode("utf-8-sig"), config.labels)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"label file {config.labels}: {exc}") from None
+    tables = []
+    for url in config.segments:
+        raw = _read(storage, url, "segment CSV")
+        digest[url] = hashlib.sha256(raw).hexdigest()
+        table, report = parse_segments(raw.decode("utf-8-sig", errors="replace"), url, split=url.rsplit("/", 1)[-1])
+        if report.segments == 0:
+            raise ConfigError(f"segment CSV {url} holds no segments ({len(report.malformed)} malformed rows)")
+        if report.malformed or report.duplicates:
+            print(f"warning: {report.summary()}", file=sys.stderr)
+        tables.append(table)
+    segments = SegmentTable.concat(tables)
+
+    try:
+        plan = plan_units(config.input, storage, config.files_per_shard)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot list the input: {exc}") from None
+    return labels, segments, digest, plan
 
 
 def _clear_output(prep: Prepared) -> None:

@@ -33,6 +33,17 @@ def test_unknown_captioner_fails_at_once(sample_input, tmp_path):
     _assert_fails_fast(proc, "unknown captioner 'gpt9'", tmp_path / "out")
 
 
+def test_a_bad_captioner_is_reported_before_bad_metadata(sample_input, tmp_path):
+    """The models are described on a thread beside the metadata: with both wrong, the
+    captioner's error is still the one said, as when it was described first."""
+    proc = _run(
+        *caption_args(sample_input, str(tmp_path / "out"), "--captioner", "gpt9"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+    )
+    _assert_fails_fast(proc, "unknown captioner 'gpt9'", tmp_path / "out")
+
+
 def test_missing_labels_and_bad_urls_fail_at_once(sample_input, tmp_path):
     proc = _run(*caption_args(sample_input, str(tmp_path / "out")), "--labels", str(tmp_path / "labels.csv"))
     _assert_fails_fast(proc, "label file not found", tmp_path / "out")
