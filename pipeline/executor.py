@@ -388,11 +388,11 @@ def run_units(
 
     def fit_to_cluster() -> None:
         """On a joined cluster, the run follows its CPUs, asked every
-        ``tuning.cluster_check_s`` and every second while an actor is coming back: a node that joined gets shard writers
-        and decode actors for its CPUs; where a node was lost, the decode pool shrinks to
-        what the nodes left hold beside the other actors (the actors that were on it wait
-        for CPUs that decode actors hold there). The admission limits follow the decode
-        pool."""
+        ``tuning.cluster_check_s`` and every second while an actor is coming back: a node
+        that joined gets shard writers and decode actors for its CPUs; where a node was
+        lost, the decode pool shrinks to what the nodes left hold beside the other actors
+        (the actors that were on it wait for CPUs that decode actors hold there). The
+        admission limits follow the decode pool."""
         nonlocal fitted_at, limits, other_cpus
         if not settings.cluster_grows:  # the embedded Ray: its one node never changes
             return
