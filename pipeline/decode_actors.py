@@ -84,9 +84,9 @@ class DecodePool(ActorPool):
         done without failing a unit: first those coming back (an actor lost with its node
         waits for a CPU that the rest of the run needs), then idle ones, the last first. A
         busy actor is left for a later call. Returns how many are left."""
-        live = self.live_indices()
-        idle = [i for i in reversed(live) if self._queued[i] == 0 and i not in self.coming_back()]
-        for index in [*self.coming_back(), *idle]:
+        live, lost = self.live_indices(), self.coming_back()
+        idle = [i for i in reversed(live) if self._queued[i] == 0 and i not in lost]
+        for index in [*lost, *idle]:
             if len(live) <= max(1, size):
                 break
             self.retire(index)

@@ -403,9 +403,10 @@ def run_units(
         if not troubled and since < tuning.cluster_check_s:
             return
         fitted_at = time.monotonic()
-        if writers.add_joined_nodes():
+        nodes = cpu_nodes()
+        if writers.add_joined_nodes(nodes):
             other_cpus = writers.reserved_cpus + stage_cpus
-        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        cpus = sum(node_cpus for _, node_cpus in nodes)
         if decoders is None or settings.decode_cpus <= 0:
             return
         want = min(decode_slots(cpus, n_captioners, caption_cpus, settings.decode_cpus, other_cpus), len(units))

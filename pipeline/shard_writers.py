@@ -117,14 +117,14 @@ class WriterPool:
         """The CPUs the writers hold from Ray, all together."""
         return len(self._nodes) * self._cpus_each
 
-    def add_joined_nodes(self) -> int:
-        """Start writers on every live node with CPUs that has none (one that joined after
-        the start), as many as :func:`writers_per_node` gives it; returns how many. A
-        started pool only."""
+    def add_joined_nodes(self, nodes: list[tuple[str, float]]) -> int:
+        """Start writers on every node of ``nodes`` (:func:`cpu_nodes`) that has none (one
+        that joined after the start), as many as :func:`writers_per_node` gives it; returns
+        how many. A started pool only."""
         have = {w.node for w in self.writers}
         added = [
             node
-            for node, cpus in cpu_nodes()
+            for node, cpus in nodes
             if node not in have
             for _ in range(writers_per_node(cpus, self._cpus_per_writer))
         ]
